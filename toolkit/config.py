@@ -1,0 +1,209 @@
+"""Typed run configuration: model, data and training sections, from YAML/JSON and flags.
+
+A config file looks like::
+
+    task: classify
+    model: {cell: lstm, hidden_size: 64, num_layers: 2, bidirectional: true}
+    data: {data: train.jsonl, val: val.jsonl}
+    train: {epochs: 20, lr: 0.002}
+
+Precedence: defaults < config file < command-line flags. Unknown keys and bad values are
+errors that name the key and what is accepted, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ConfigError
+
+TASKS = ("classify", "tag", "lm", "regress")
+CELLS = ("rnn", "lstm", "gru")
+NONLINEARITIES = ("tanh", "relu")
+MERGES = ("concat", "sum")
+FORMATS = ("auto", "jsonl", "conll", "text", "csv", "ts")
+LEVELS = ("char", "word")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step", "plateau")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "lstm"
+    nonlinearity: str = "tanh"  # Elman RNN only
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    merge: str = "concat"  # how the two directions' outputs are combined
+    dropout: float = 0.0  # between stacked layers, as in torch.nn.LSTM
+    residual: bool = False  # skip connections between stacked layers of equal width
+    embedding_dim: int = 64  # token inputs only
+
+    def validate(self) -> None:
+        _choice("model.cell", self.cell, CELLS)
+        _choice("model.nonlinearity", self.nonlinearity, NONLINEARITIES)
+        _choice("model.merge", self.merge, MERGES)
+        _positive("model.hidden_size", self.hidden_size)
+        _positive("model.num_layers", self.num_layers)
+        _positive("model.embedding_dim", self.embedding_dim)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def output_size(self) -> int:
+        """Width of the encoder's per-step output."""
+        two = self.bidirectional and self.merge == "concat"
+        return self.hidden_size * (2 if two else 1)
+
+
+@dataclass
+class DataConfig:
+    data: str | None = None  # training file (or directory of text files for lm)
+    val: str | None = None  # validation file; else `val_fraction` of `data` is held out
+    format: str = "auto"  # chosen from the file suffix when auto
+    val_fraction: float = 0.1
+    level: str = "char"  # lm: character or word tokens
+    lowercase: bool = False
+    min_freq: int = 1  # vocabulary: drop rarer tokens (they map to <unk>)
+    max_vocab: int | None = None  # vocabulary: keep the most frequent, specials included
+    target_columns: list[str] | None = None  # csv: columns to forecast (default: all)
+    horizon: int = 1  # csv: predict the value this many steps ahead
+
+    def validate(self) -> None:
+        _choice("data.format", self.format, FORMATS)
+        _choice("data.level", self.level, LEVELS)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        _positive("data.min_freq", self.min_freq)
+        _positive("data.horizon", self.horizon)
+        if self.max_vocab is not None and self.max_vocab < 5:
+            raise ConfigError(f"data.max_vocab must be at least 5 (4 specials + 1), got {self.max_vocab}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    clip: float | None = 1.0  # max global gradient norm; None disables clipping
+    bptt: int = 64  # truncated-BPTT window for lm and csv series (state carried, detached)
+    patience: int | None = None  # early stopping: epochs without improvement of `monitor`
+    monitor: str | None = None  # validation metric to select/stop on; default per task
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision, CUDA only
+    out: str = "runs/latest"
+
+    def validate(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.bptt", self.bptt)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.device", self.device, DEVICES)
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError(f"train.clip must be > 0 (or null to disable), got {self.clip}")
+        if self.patience is not None:
+            _positive("train.patience", self.patience)
+
+
+@dataclass
+class Config:
+    task: str = "classify"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> Config:
+        _choice("task", self.task, TASKS)
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "config") -> Config:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping with task/model/data/train, got {type(raw).__name__}")
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+        _no_unknown(where, raw, ["task", *sections])
+        kwargs: dict[str, Any] = {}
+        if "task" in raw:
+            kwargs["task"] = raw["task"]
+        for name, section in sections.items():
+            values = raw.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: '{name}' must be a mapping, got {type(values).__name__}")
+            _no_unknown(f"{where}: {name}", values, [f.name for f in fields(section)])
+            kwargs[name] = section(**{k: _coerce(section, k, v, f"{where}: {name}.{k}") for k, v in values.items()})
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Read a YAML or JSON config file (JSON is YAML, so one parser serves both)."""
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+        return cls.from_dict(raw or {}, where=str(path))
+
+    def override(self, section: str | None, key: str, value: Any) -> None:
+        """Apply one flag, e.g. override('model', 'hidden_size', 64); None means 'not given'."""
+        if value is None:
+            return
+        target = self if section is None else getattr(self, section)
+        setattr(target, key, value)
+
+
+def _coerce(section: type, key: str, value: Any, where: str) -> Any:
+    """Check a config value's type against the dataclass annotation (ints accepted as floats)."""
+    annotation = {f.name: f.type for f in fields(section)}[key]
+    allowed = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+    kinds = [t.strip() for t in str(annotation).split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{where}: must not be null")
+    for kind in kinds:
+        if kind.startswith("list") and isinstance(value, list):
+            return [str(v) for v in value]
+        types = allowed.get(kind)
+        if types and isinstance(value, types) and not (kind in ("int", "float") and isinstance(value, bool)):
+            return float(value) if kind == "float" else value
+    raise ConfigError(f"{where}: expected {annotation}, got {value!r}")
+
+
+def _no_unknown(where: str, raw: dict, known: list[str]) -> None:
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(known)}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
