@@ -1,0 +1,46 @@
+"""The `rnnkit` command. Subcommands live in their own modules and are imported lazily, so
+`rnnkit <serving command> --help` never pays for torch or mlflow."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from cli.lazy import LazyGroup
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands={"train": ("cli.train", "train")},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="rnnkit")
+def cli() -> None:
+    """Train recurrent sequence models, export them to ONNX with a parity certificate, and serve them."""
+
+
+def user_errors(fn):
+    """Turn RnnkitError into one 'error: ...' line on stderr and its exit code (2 for bad
+    input, 1 otherwise); Ctrl-C exits 130. Other exceptions are bugs and keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from toolkit.errors import RnnkitError
+
+        try:
+            return fn(*args, **kwargs)
+        except RnnkitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+def main() -> None:
+    cli(prog_name="rnnkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""`rnnkit train`: parse flags over an optional config file, run the training loop, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cli.main import user_errors
+from toolkit.config import CELLS, DEVICES, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, Config
+
+# flag name -> (config section, key); None section = top level
+FLAGS = {
+    "task": (None, "task"),
+    "data": ("data", "data"),
+    "val": ("data", "val"),
+    "format": ("data", "format"),
+    "val_fraction": ("data", "val_fraction"),
+    "level": ("data", "level"),
+    "lowercase": ("data", "lowercase"),
+    "min_freq": ("data", "min_freq"),
+    "max_vocab": ("data", "max_vocab"),
+    "target_columns": ("data", "target_columns"),
+    "horizon": ("data", "horizon"),
+    "cell": ("model", "cell"),
+    "nonlinearity": ("model", "nonlinearity"),
+    "hidden_size": ("model", "hidden_size"),
+    "num_layers": ("model", "num_layers"),
+    "bidirectional": ("model", "bidirectional"),
+    "merge": ("model", "merge"),
+    "dropout": ("model", "dropout"),
+    "residual": ("model", "residual"),
+    "embedding_dim": ("model", "embedding_dim"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "optimizer": ("train", "optimizer"),
+    "weight_decay": ("train", "weight_decay"),
+    "schedule": ("train", "schedule"),
+    "clip": ("train", "clip"),
+    "bptt": ("train", "bptt"),
+    "patience": ("train", "patience"),
+    "monitor": ("train", "monitor"),
+    "seed": ("train", "seed"),
+    "device": ("train", "device"),
+    "amp": ("train", "amp"),
+    "out": ("train", "out"),
+}
+
+
+def _choice(values):
+    return click.Choice(values, case_sensitive=False)
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON config; flags override it.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last epoch.")
+@click.option("--task", type=_choice(TASKS), help="classify | tag | lm | regress")
+@click.option("--data", help="Training data file (a directory of .txt/.md files for lm).")
+@click.option("--val", help="Validation file (default: hold out --val-fraction of --data).")
+@click.option("--format", type=_choice(FORMATS), help="Data format (default: from the file suffix).")
+@click.option("--val-fraction", type=float, help="Share of --data held out for validation when no --val (0.1).")
+@click.option("--level", type=_choice(LEVELS), help="lm tokens: char or word.")
+@click.option("--lowercase/--no-lowercase", default=None, help="Lower-case text before building the vocabulary.")
+@click.option("--min-freq", type=int, help="Vocabulary: minimum token count.")
+@click.option("--max-vocab", type=int, help="Vocabulary: maximum size, specials included.")
+@click.option("--target-columns", help="CSV series: comma-separated columns to forecast (default all).")
+@click.option("--horizon", type=int, help="CSV series: forecast this many steps ahead (1).")
+@click.option("--cell", type=_choice(CELLS), help="Recurrent cell (lstm).")
+@click.option("--nonlinearity", type=_choice(("tanh", "relu")), help="Elman RNN activation (tanh).")
+@click.option("--hidden-size", type=int, help="Hidden units per direction (128).")
+@click.option("--num-layers", type=int, help="Stacked layers (1).")
+@click.option("--bidirectional/--unidirectional", default=None, help="Run a backward direction too.")
+@click.option("--merge", type=_choice(MERGES), help="Combine directions by concat or sum.")
+@click.option("--dropout", type=float, help="Dropout between stacked layers (0).")
+@click.option("--residual/--no-residual", default=None, help="Skip connections between layers of equal width.")
+@click.option("--embedding-dim", type=int, help="Token embedding width (64).")
+@click.option("--epochs", type=int, help="Epochs to train (10); with --resume, the new total.")
+@click.option("--batch-size", type=int, help="Sequences (or parallel streams) per batch (32).")
+@click.option("--lr", type=float, help="Learning rate (1e-3).")
+@click.option("--optimizer", type=_choice(OPTIMIZERS), help="adam | adamw | sgd")
+@click.option("--weight-decay", type=float, help="Weight decay (0).")
+@click.option("--schedule", type=_choice(SCHEDULES), help="Learning-rate schedule (constant).")
+@click.option("--clip", type=float, help="Clip gradients to this global norm (1.0); 0 disables.")
+@click.option("--bptt", type=int, help="Truncated-BPTT window for lm and CSV series (64).")
+@click.option("--patience", type=int, help="Early stop after this many epochs without improvement.")
+@click.option("--monitor", help="Validation metric for best-model selection and early stopping.")
+@click.option("--seed", type=int, help="Random seed (0).")
+@click.option("--device", type=_choice(DEVICES), help="auto | cpu | cuda")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (on).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory to write (runs/latest).")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
+@user_errors
+def train(config_file, resume, progress, as_json, **flags):
+    """Train a recurrent model and write a run directory (checkpoint, config, vocabulary, labels)."""
+    from toolkit.train.loop import train as run_training
+
+    if resume:
+        config = Config.load(f"{resume}/config.json")
+        config.train.out = resume
+        unexpected = [k for k, v in flags.items() if v is not None and k != "epochs"]
+        if unexpected or config_file:
+            raise click.UsageError("--resume continues a run as it was configured; only --epochs may change")
+    else:
+        config = Config.load(config_file) if config_file else Config()
+    if flags.get("target_columns"):
+        flags["target_columns"] = [c.strip() for c in flags["target_columns"].split(",") if c.strip()]
+    if flags.get("clip") == 0:
+        flags["clip"] = None
+        config.train.clip = None
+    for name, value in flags.items():
+        section, key = FLAGS[name]
+        config.override(section, key, value)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    try:
+        result = run_training(config, resume=bool(resume), progress=progress)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: {config.train.out} holds the last completed epoch; "
+            f"continue with: rnnkit train --resume {config.train.out}",
+            err=True,
+        )
+        sys.exit(130)
+    summary = result.summary()
+    click.echo(f"best epoch {result.best_epoch}/{result.epochs_run} by {result.monitor}:")
+    for key, value in result.best.items():
+        click.echo(f"  {key:<16} {value:.4f}")
+    if result.sample is not None:
+        click.echo("sample from the best model:")
+        click.echo("  " + result.sample.replace("\n", "\n  "))
+    click.echo(f"run directory: {result.out} (checkpoint model.pt, config.json, spec.json, metrics.json)")
+    if as_json:
+        click.echo(json.dumps(summary))

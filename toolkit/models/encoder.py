@@ -1,0 +1,95 @@
+"""Stacked recurrent encoder: Elman RNN, LSTM or GRU; one or two directions; dropout and
+optional residual connections between layers.
+
+Each layer is its own single-layer torch module (not one multi-layer module) so that dropout,
+direction merging and skip connections can sit between layers, and so that each layer maps to
+one native ONNX RNN/LSTM/GRU operator on export.
+
+State convention (torch's): per layer, `h` of shape [directions, B, H] and, for LSTM, `(h, c)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from toolkit.config import ModelConfig
+
+CELL_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+State = list  # one entry per layer: Tensor h, or (h, c) for LSTM
+
+
+class RecurrentEncoder(nn.Module):
+    def __init__(self, input_size: int, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        cell = CELL_MODULES[cfg.cell]
+        extra = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
+        sizes = [input_size] + [cfg.output_size] * (cfg.num_layers - 1)
+        self.layers = nn.ModuleList(
+            cell(size, cfg.hidden_size, batch_first=True, bidirectional=cfg.bidirectional, **extra) for size in sizes
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output_size = cfg.output_size
+        self.pooled_size = cfg.output_size
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.cfg.bidirectional else 1
+
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """x [B, T, I] -> (outputs [B, T, output_size], pooled [B, output_size], new state).
+
+        `lengths` (int64 [B]) marks padding: each sequence is packed so padded steps never touch
+        its outputs or final state, in either direction (the backward pass starts at the
+        sequence's own last step). None means every sequence fills all T steps.
+        `pooled` is the many-to-one summary: the top layer's output at each sequence's last real
+        step (unidirectional), or the final state of each direction, merged (bidirectional).
+        """
+        new_state: State = []
+        total = x.shape[1]
+        h_top = None
+        for i, layer in enumerate(self.layers):
+            inp = self.dropout(x) if i > 0 else x
+            initial = state[i] if state is not None else None
+            if lengths is None:
+                out, s = layer(inp, initial)
+            else:
+                packed = pack_padded_sequence(inp, lengths.cpu(), batch_first=True, enforce_sorted=False)
+                out, s = layer(packed, initial)
+                out, _ = pad_packed_sequence(out, batch_first=True, total_length=total)
+            out = self._merge(out)
+            if self.cfg.residual and i > 0 and out.shape[-1] == inp.shape[-1]:
+                out = out + inp
+            new_state.append(s)
+            h_top = s[0] if isinstance(s, tuple) else s
+            x = out
+        return x, self._pool(x, h_top, lengths), new_state
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+        if self.cfg.bidirectional and self.cfg.merge == "sum":
+            forward, backward = out.chunk(2, dim=-1)
+            return forward + backward
+        return out
+
+    def _pool(self, outputs: torch.Tensor, h_top: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.bidirectional:
+            # h_top [2, B, H]: forward final state (its last real step) and backward (step 0).
+            if self.cfg.merge == "sum":
+                return h_top[0] + h_top[1]
+            return torch.cat([h_top[0], h_top[1]], dim=-1)
+        if lengths is None:
+            return outputs[:, -1]
+        last = (lengths.to(outputs.device) - 1).clamp(min=0)
+        return outputs[torch.arange(outputs.shape[0], device=outputs.device), last]
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph between truncated-BPTT windows, keeping the values."""
+    if state is None:
+        return None
+    return [tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in state]

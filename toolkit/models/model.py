@@ -1,0 +1,76 @@
+"""The sequence model: input layer -> recurrent encoder -> task head.
+
+Inputs are token ids (through an embedding whose <pad> row is zero) or real-valued feature
+vectors, normalised inside the model with the training set's mean/std so that exported graphs
+and the runtime take raw values. Heads:
+
+- classify: logits [B, C] from the pooled summary (many-to-one)
+- tag:      logits [B, T, K], one label per step (many-to-many)
+- lm:       next-token logits [B, T, V]
+- regress:  values in raw units, [B, D] per sequence or [B, T, D] per step; trained on the
+            normalised scale (see `normalised`)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from toolkit.config import ModelConfig
+from toolkit.data.types import InputSpec, OutputSpec
+from toolkit.data.vocab import PAD_ID
+from toolkit.models.encoder import RecurrentEncoder, State
+
+
+class SequenceModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec):
+        super().__init__()
+        self.cfg = cfg
+        self.task = output_spec.task
+        self.tokens = input_spec.kind == "tokens"
+        if self.tokens:
+            self.embedding = nn.Embedding(input_spec.size, cfg.embedding_dim, padding_idx=PAD_ID)
+            input_size = cfg.embedding_dim
+        else:
+            input_size = int(input_spec.num_features)
+            self.register_buffer("feature_mean", _vector(input_spec.mean, input_size, 0.0))
+            self.register_buffer("feature_std", _vector(input_spec.std, input_size, 1.0))
+        self.encoder = RecurrentEncoder(input_size, cfg)
+        self.per_step = self.task in ("tag", "lm") or (self.task == "regress" and output_spec.per_step)
+        self.head = nn.Linear(self.encoder.output_size, _head_size(input_spec, output_spec))
+        if self.task == "regress":
+            d = int(output_spec.num_targets)
+            self.register_buffer("target_mean", _vector(output_spec.target_mean, d, 0.0))
+            self.register_buffer("target_std", _vector(output_spec.target_std, d, 1.0))
+
+    def forward(
+        self, inputs: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """inputs int64 [B, T] or float [B, T, F]; lengths int64 [B] (None: no padding)."""
+        if self.tokens:
+            x = self.embedding(inputs)
+        else:
+            x = (inputs - self.feature_mean) / self.feature_std
+        outputs, pooled, new_state = self.encoder(x, lengths, state)
+        y = self.head(outputs if self.per_step else pooled)
+        if self.task == "regress":
+            y = y * self.target_std + self.target_mean
+        return y, new_state
+
+    def normalised(self, values: torch.Tensor) -> torch.Tensor:
+        """Regression values (predictions or targets) on the scale the loss is computed on."""
+        return (values - self.target_mean) / self.target_std
+
+
+def _head_size(input_spec: InputSpec, output_spec: OutputSpec) -> int:
+    if output_spec.task == "lm":
+        return input_spec.size
+    if output_spec.task == "regress":
+        return int(output_spec.num_targets)
+    return len(output_spec.labels)
+
+
+def _vector(values: list[float] | None, size: int, default: float) -> torch.Tensor:
+    if values is None:
+        return torch.full((size,), default)
+    return torch.tensor(values, dtype=torch.float32)

@@ -1,0 +1,154 @@
+"""The run directory a training run writes, and reading it back.
+
+    config.json    the full run configuration (re-used by --resume)
+    spec.json      format version, task, model config, input spec (features: mean/std), output spec
+    vocab.json     token inputs only: the vocabulary, id = position
+    labels.json    classify/tag only: label names, id = position
+    model.pt       weights of the best epoch so far (what export takes)
+    state.pt       everything needed to resume exactly: weights, optimizer, scheduler, scaler,
+                   RNG states, epoch, early-stopping counters, history
+    metrics.json   per-epoch history and the final summary
+
+Every file is written to a temporary name and renamed into place, so an interrupted run never
+leaves a half-written file; the directory always holds the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.config import Config
+from toolkit.data.types import InputSpec, OutputSpec
+from toolkit.data.vocab import Vocabulary
+from toolkit.errors import CheckpointError, ConfigError
+from toolkit.models.model import SequenceModel
+
+FORMAT = "rnnkit-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("config.json", "spec.json", "model.pt")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def fingerprint(path: str | Path | None) -> str | None:
+    """sha256 over a data file, or over every file of a directory (names and contents)."""
+    if path is None:
+        return None
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def write_run_files(out: Path, config: Config, input_spec: InputSpec, output_spec: OutputSpec) -> None:
+    """The files that do not change during a run: config, spec, vocabulary, labels."""
+    atomic_write_json(out / "config.json", config.to_dict())
+    spec = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": config.task,
+        "level": config.data.level,
+        "model": config.to_dict()["model"],
+        "input": input_spec.to_dict(),
+        "output": output_spec.to_dict(),
+    }
+    atomic_write_json(out / "spec.json", spec)
+    if input_spec.vocab is not None:
+        atomic_write_json(out / "vocab.json", input_spec.vocab.to_json())
+    if output_spec.labels is not None:
+        atomic_write_json(out / "labels.json", list(output_spec.labels))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+
+
+def read_specs(run_dir: str | Path) -> tuple[Config, InputSpec, OutputSpec]:
+    """Read config, input and output specs of a run directory, checking format and version."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: not a directory (expected a run directory written by `rnnkit train`)")
+    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{run_dir}: not a complete rnnkit run directory; missing {', '.join(missing)} "
+            f"(a run directory holds {', '.join(REQUIRED)})"
+        )
+    spec = read_json(run_dir / "spec.json")
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise CheckpointError(f"{run_dir / 'spec.json'}: not an rnnkit checkpoint spec")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{run_dir / 'spec.json'}: format version {spec.get('format_version')!r}; "
+            f"this rnnkit reads version {FORMAT_VERSION}"
+        )
+    try:
+        config = Config.from_dict(read_json(run_dir / "config.json"), where=str(run_dir / "config.json")).validate()
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    inp = dict(spec["input"])
+    vocab = None
+    if inp["kind"] == "tokens":
+        vocab = Vocabulary(read_json(run_dir / "vocab.json"))
+    input_spec = InputSpec(
+        kind=inp["kind"], vocab=vocab, num_features=inp.get("num_features"), mean=inp.get("mean"), std=inp.get("std")
+    )
+    out = dict(spec["output"])
+    if out.get("labels") is not None or (run_dir / "labels.json").is_file():
+        out["labels"] = read_json(run_dir / "labels.json")
+    output_spec = OutputSpec(**out)
+    return config, input_spec, output_spec
+
+
+def load_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[SequenceModel, Config, InputSpec, OutputSpec]:
+    """Rebuild the best model of a run directory (eval mode)."""
+    run_dir = Path(run_dir)
+    config, input_spec, output_spec = read_specs(run_dir)
+    model = SequenceModel(config.model, input_spec, output_spec)
+    try:
+        weights = torch.load(run_dir / "model.pt", map_location=map_location, weights_only=True)
+        model.load_state_dict(weights)
+    except Exception as e:  # unpickling and shape errors come in many types
+        raise CheckpointError(f"{run_dir / 'model.pt'}: cannot load weights ({e})") from None
+    return model.eval(), config, input_spec, output_spec
+

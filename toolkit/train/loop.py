@@ -1,0 +1,329 @@
+"""The training loop: BPTT over padded batches, truncated BPTT over streams, clipping,
+schedules, early stopping, a checkpoint every epoch and exact resume.
+
+Exact resume: data order comes from a generator seeded with (seed, epoch), and the torch RNG
+(dropout) state is saved with every epoch's checkpoint, so a run interrupted and resumed ends
+with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from toolkit.config import Config
+from toolkit.data import bucket_batches, load_data, stream_windows
+from toolkit.data.types import PAD_TARGET, Prepared, SequenceDataset, StreamDataset
+from toolkit.errors import CheckpointError, ConfigError
+from toolkit.models.encoder import detach_state
+from toolkit.models.model import SequenceModel
+from toolkit.train import checkpoint as ckpt
+from toolkit.train.metrics import better, default_monitor, metrics_for
+from toolkit.train.optim import build_optimizer, build_schedule
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    epochs_run: int
+    best_epoch: int
+    monitor: str
+    best: dict[str, float]  # metrics of the best epoch (validation, else training)
+    history: list[dict[str, Any]]
+    stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)
+    sample: str | None = None  # lm: text drawn from the best model
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "monitor": self.monitor,
+            "metrics": self.best,
+            "stopped_early": self.stopped_early,
+            "checkpoint": str(self.out / "model.pt"),
+            "notes": self.notes,
+            **({"sample": self.sample} if self.sample is not None else {}),
+        }
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available to torch here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    config: Config,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train as `config` says, writing the run directory `config.train.out`.
+
+    Data is read and checked before anything is written, so bad input leaves no directory.
+    `on_epoch_end(epoch, record)` runs after each epoch's checkpoint is safely on disk.
+    """
+    config.validate()
+    if config.data.data is None:
+        raise ConfigError("no training data: give --data FILE (or data.data in the config file)")
+    out = Path(config.train.out)
+    if not resume and (out / "state.pt").exists():
+        raise ConfigError(f"{out} already holds a training run; continue it with --resume {out} or pick another --out")
+    prepared = load_data(config)
+    device = pick_device(config.train.device)
+    seed_everything(config.train.seed)
+    model = SequenceModel(config.model, prepared.input, prepared.output).to(device)
+    run = _Run(config, prepared, model, device, progress, log)
+    if resume:
+        run.restore(out / "state.pt")
+    ckpt.write_run_files(out, config, prepared.input, prepared.output)
+    return run.fit(on_epoch_end)
+
+
+class _Run:
+    """State of one training run between epochs (all of it goes into state.pt)."""
+
+    def __init__(self, config: Config, prepared: Prepared, model: SequenceModel, device, progress, log):
+        self.cfg, self.data, self.model, self.device = config, prepared, model, device
+        self.task = config.task
+        self.progress, self.log = progress, log
+        self.out = Path(config.train.out)
+        self.has_val = prepared.val is not None and len(prepared.val) > 0
+        labels = prepared.output.labels
+        if self.has_val:
+            self.monitor, self.mode = default_monitor(self.task, labels)
+            if config.train.monitor:
+                self.monitor = config.train.monitor
+                self.mode = "min" if self.monitor in ("loss", "cross_entropy", "perplexity", "mae", "rmse") else "max"
+        else:
+            self.monitor, self.mode = "loss", "min"  # no validation data: select on training loss
+        self.optimizer = build_optimizer(model.parameters(), config.train)
+        self.schedule = build_schedule(self.optimizer, config.train, self.mode)
+        self.amp = config.train.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch = 0  # epochs completed
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.best_metrics: dict[str, float] = {}
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.fingerprint = {"data": ckpt.fingerprint(config.data.data), "val": ckpt.fingerprint(config.data.val)}
+
+    # ---- resume -------------------------------------------------------------------------
+    def restore(self, path: Path) -> None:
+        if not path.exists():
+            raise CheckpointError(f"{path}: nothing to resume (no state.pt; was the first epoch finished?)")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot read training state ({e})") from None
+        if state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"{path}: the data files changed since this run started (sha256 differs); "
+                "resume with the original data or start a new run"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for key in ("epoch", "best_value", "best_epoch", "best_metrics", "bad_epochs", "history"):
+            setattr(self, key, state[key])
+        self.log(f"resuming {self.out} after epoch {self.epoch}")
+
+    def _save_state(self) -> None:
+        ckpt.atomic_torch_save(
+            self.out / "state.pt",
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "fingerprint": self.fingerprint,
+                **{k: getattr(self, k) for k in ("epoch", "best_value", "best_epoch", "best_metrics", "bad_epochs")},
+                "history": self.history,
+            },
+        )
+
+    # ---- the loop -----------------------------------------------------------------------
+    def fit(self, on_epoch_end) -> TrainResult:
+        tcfg = self.cfg.train
+        for note in self.data.notes:
+            self.log(note)
+        stopped_early = self.bad_epochs >= (tcfg.patience or math.inf)
+        while self.epoch < tcfg.epochs and not stopped_early:
+            started = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_metrics = self._run_epoch(self.data.train, training=True)
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
+            record.update({f"train_{k}": v for k, v in train_metrics.items()})
+            watched = train_metrics
+            if self.has_val:
+                watched = self._run_epoch(self.data.val, training=False)
+                record.update({f"val_{k}": v for k, v in watched.items()})
+            if self.monitor not in watched:
+                raise ConfigError(f"train.monitor {self.monitor!r} is not a metric of this task; have: {sorted(watched)}")
+            value = watched[self.monitor]
+            record["seconds"] = time.perf_counter() - started
+            self.epoch += 1
+            improved = self.best_value is None or better(value, self.best_value, self.mode)
+            if improved:
+                self.best_value, self.best_epoch, self.best_metrics, self.bad_epochs = value, self.epoch, watched, 0
+                ckpt.atomic_torch_save(self.out / "model.pt", self.model.state_dict())
+            else:
+                self.bad_epochs += 1
+            if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.schedule.step(value)
+            else:
+                self.schedule.step()
+            self.history.append(record)
+            self._save_state()
+            ckpt.atomic_write_json(self.out / "metrics.json", {"history": self.history})
+            self.log(_epoch_line(record, self.monitor, improved))
+            if on_epoch_end is not None:
+                on_epoch_end(self.epoch, record)
+            stopped_early = tcfg.patience is not None and self.bad_epochs >= tcfg.patience
+        if stopped_early:
+            self.log(f"early stop: {self.monitor} did not improve for {tcfg.patience} epochs")
+        result = TrainResult(
+            out=self.out,
+            epochs_run=self.epoch,
+            best_epoch=self.best_epoch,
+            monitor=("val_" if self.has_val else "train_") + self.monitor,
+            best=self.best_metrics,
+            history=self.history,
+            stopped_early=stopped_early,
+            notes=list(self.data.notes),
+        )
+        if self.task == "lm":
+            result.sample = self._sample()
+        ckpt.atomic_write_json(self.out / "metrics.json", {"history": self.history, "summary": result.summary()})
+        return result
+
+    def _sample(self) -> str:
+        from toolkit.models.generate import generate
+
+        best = SequenceModel(self.cfg.model, self.data.input, self.data.output).to(self.device)
+        best.load_state_dict(torch.load(self.out / "model.pt", map_location=self.device, weights_only=True))
+        return generate(best, self.data.input.vocab, self.cfg.data.level, max_tokens=200, temperature=0.8, seed=0)
+
+    def _run_epoch(self, dataset: SequenceDataset | StreamDataset, training: bool) -> dict[str, float]:
+        tcfg = self.cfg.train
+        self.model.train(training)
+        metrics = metrics_for(self.task, self.data.output.labels, self.cfg.data.level)
+        streaming = isinstance(dataset, StreamDataset)
+        if streaming:
+            batches = stream_windows(dataset, tcfg.batch_size, tcfg.bptt)
+        else:
+            rng = np.random.default_rng([tcfg.seed, self.epoch]) if training else None
+            batches = bucket_batches(dataset, tcfg.batch_size, rng)
+        desc = f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate"
+        bar = tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=training, file=sys.stderr)
+        state = None
+        steps, grad_norms, started = 0, [], time.perf_counter()
+        for item in bar:
+            if streaming:
+                inputs, targets = (torch.from_numpy(a).to(self.device) for a in item)
+                lengths = None
+                steps += inputs.shape[0] * inputs.shape[1]
+            else:
+                inputs = torch.from_numpy(item.inputs).to(self.device)
+                targets = torch.from_numpy(item.targets).to(self.device)
+                lengths = torch.from_numpy(item.lengths)
+                steps += int(item.lengths.sum())
+            with torch.set_grad_enabled(training), torch.autocast("cuda", enabled=self.amp):
+                y, state = self.model(inputs, lengths, state if streaming else None)
+                loss_sum, count = self._loss(y, targets, lengths)
+            if training:
+                grad_norms.append(self._step(loss_sum / count))
+            if streaming:
+                state = detach_state(state)
+            metrics.add_loss(float(loss_sum), int(count))
+            self._update_metrics(metrics, y.detach().float(), targets, lengths, float(loss_sum), int(count))
+            if self.progress:
+                bar.set_postfix(loss=f"{float(loss_sum) / max(int(count), 1):.4f}", refresh=False)
+        bar.close()
+        result = metrics.compute()
+        if training:
+            elapsed = time.perf_counter() - started
+            result["steps_per_s"] = steps / elapsed if elapsed > 0 else 0.0
+            finite = [g for g in grad_norms if math.isfinite(g)]
+            result["grad_norm"] = float(np.mean(finite)) if finite else float("nan")
+        return result
+
+    def _step(self, loss: torch.Tensor) -> float:
+        """One optimizer step; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.train.clip if self.cfg.train.clip is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(norm)
+
+    def _loss(self, y: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None):
+        """Summed loss and the count it is summed over (so batches of any size average right)."""
+        y = y.float()
+        if self.task == "classify":
+            return F.cross_entropy(y, targets, reduction="sum"), targets.shape[0]
+        if self.task in ("tag", "lm"):
+            flat = targets.reshape(-1)
+            loss = F.cross_entropy(y.reshape(flat.shape[0], -1), flat, ignore_index=PAD_TARGET, reduction="sum")
+            return loss, int((flat != PAD_TARGET).sum())
+        # regress: squared error on the normalised scale, padded steps masked out
+        err = (self.model.normalised(y) - self.model.normalised(targets)) ** 2
+        if y.dim() == 3 and lengths is not None:
+            mask = _step_mask(lengths, y.shape[1], y.device).unsqueeze(-1)
+            return (err * mask).sum(), int(mask.sum()) * y.shape[-1]
+        return err.sum(), err.numel()
+
+    def _update_metrics(self, metrics, y, targets, lengths, loss_sum: float, count: int) -> None:
+        if self.task == "classify":
+            metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy())
+        elif self.task == "tag":
+            metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy(), lengths.numpy())
+        elif self.task == "lm":
+            metrics.update(loss_sum, count)
+        else:
+            mask = None
+            if y.dim() == 3 and lengths is not None:
+                mask = _step_mask(lengths, y.shape[1], y.device).cpu().numpy()
+            metrics.update(y.cpu().numpy(), targets.float().cpu().numpy(), mask)
+
+
+def _step_mask(lengths: torch.Tensor, total: int, device) -> torch.Tensor:
+    return torch.arange(total, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+def _epoch_line(record: dict[str, Any], monitor: str, improved: bool) -> str:
+    shown = {k: v for k, v in record.items() if k not in ("epoch", "seconds") and isinstance(v, float)}
+    parts = [f"{k} {v:.4g}" for k, v in shown.items()]
+    mark = " *" if improved else ""
+    return f"epoch {record['epoch']}: " + ", ".join(parts) + f" ({record['seconds']:.1f}s){mark}"
