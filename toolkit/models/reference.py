@@ -1,0 +1,393 @@
+"""Plain NumPy reference ("oracle") of the Elman RNN, LSTM and GRU layers.
+
+This module is the independent side of parity checks: it is written from the textbook equations
+and must never import torch or onnx, so a bug shared by the training code and the exporter cannot
+hide in it. Speed is irrelevant here; clarity is the point.
+
+Conventions (all of PyTorch's, so torch parameters can be passed as they are):
+
+* Weights in the layout of a single-layer ``torch.nn.RNN/LSTM/GRU``: ``weight_ih [G*H, I]``,
+  ``weight_hh [G*H, H]``, ``bias_ih [G*H]``, ``bias_hh [G*H]`` (a missing bias = zeros). Gate blocks
+  are stacked in torch's order: LSTM ``i, f, g, o``; GRU ``r, z, n``; RNN a single block.
+* ``x`` is batch-first ``[B, T, I]``; states are ``[B, H]``; ``outputs`` is ``[B, T, H]``.
+* ``lengths`` (``[B]``, each in ``1..T``) means what ``pack_padded_sequence`` means: sequence ``b``
+  has only steps ``t < lengths[b]``. Padded outputs are 0 and the final state is the state after the
+  last real step. ``reverse=True`` starts each sequence at its own last real step ``lengths[b]-1``,
+  so padding never leaks into a backward pass.
+* Everything is computed in the dtype of ``x`` (float64 gives a tight reference).
+
+ONNX's operators (LSTM, GRU, RNN) use other gate orders and one concatenated bias; the
+``*_from_onnx`` / ``*_to_onnx`` converters below translate one direction's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "rnn_cell",
+    "lstm_cell",
+    "gru_cell",
+    "rnn_layer",
+    "lstm_layer",
+    "gru_layer",
+    "stacked",
+    "lstm_from_onnx",
+    "gru_from_onnx",
+    "rnn_from_onnx",
+    "lstm_to_onnx",
+    "gru_to_onnx",
+    "rnn_to_onnx",
+    "GATES",
+]
+
+#: Number of gate blocks stacked in weight_ih / weight_hh for each cell.
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # Written via tanh: exact identity, never overflows (1/(1+exp(-x)) warns for x << 0),
+    # and keeps the dtype of x.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+_NONLINEARITIES = {"tanh": np.tanh, "relu": relu}
+
+
+def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """x @ W^T + b: the affine map used for every gate (W is [out, in], as in torch)."""
+    return x @ weight.T + bias
+
+
+# --------------------------------------------------------------------------------------------
+# Cells: one time step for a batch. x_t [B, I], h (and c) [B, H].
+# --------------------------------------------------------------------------------------------
+
+
+def rnn_cell(x_t, h, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):
+    """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+    act = _NONLINEARITIES[nonlinearity]
+    return act(_linear(x_t, weight_ih, bias_ih) + _linear(h, weight_hh, bias_hh))
+
+
+def lstm_cell(x_t, h, c, weight_ih, weight_hh, bias_ih, bias_hh, peephole=None):
+    """LSTM (Hochreiter & Schmidhuber, with forget gate). Returns (h', c').
+
+    i = sigma(W_ii x + b_ii + W_hi h + b_hi [+ p_i * c])    input gate
+    f = sigma(W_if x + b_if + W_hf h + b_hf [+ p_f * c])    forget gate
+    g = tanh (W_ig x + b_ig + W_hg h + b_hg)                 candidate cell
+    c' = f * c + i * g
+    o = sigma(W_io x + b_io + W_ho h + b_ho [+ p_o * c'])   output gate (peeks at the NEW cell)
+    h' = o * tanh(c')
+
+    peephole: optional [3, H] in ONNX's order (p_i, p_o, p_f); torch's LSTM has none.
+    """
+    # Both affine maps at once, then split into torch's gate blocks i, f, g, o.
+    gates = _linear(x_t, weight_ih, bias_ih) + _linear(h, weight_hh, bias_hh)
+    a_i, a_f, a_g, a_o = np.split(gates, 4, axis=-1)
+    if peephole is not None:
+        p_i, p_o, p_f = peephole
+        a_i = a_i + p_i * c
+        a_f = a_f + p_f * c
+    i = sigmoid(a_i)
+    f = sigmoid(a_f)
+    g = np.tanh(a_g)
+    c_new = f * c + i * g
+    if peephole is not None:
+        a_o = a_o + p_o * c_new
+    o = sigmoid(a_o)
+    h_new = o * np.tanh(c_new)
+    return h_new, c_new
+
+
+def gru_cell(x_t, h, weight_ih, weight_hh, bias_ih, bias_hh, linear_before_reset=True):
+    """GRU (Cho et al. 2014). Returns h'.
+
+    r = sigma(W_ir x + b_ir + W_hr h + b_hr)                 reset gate
+    z = sigma(W_iz x + b_iz + W_hz h + b_hz)                 update gate
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))            linear_before_reset=True  (torch, cuDNN)
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)            linear_before_reset=False (Cho; ONNX default)
+    h' = (1 - z) * n + z * h                                 z close to 1 keeps the old state
+    """
+    x_r, x_z, x_n = np.split(_linear(x_t, weight_ih, bias_ih), 3, axis=-1)
+    w_hr, w_hz, w_hn = np.split(weight_hh, 3, axis=0)
+    b_hr, b_hz, b_hn = np.split(bias_hh, 3, axis=-1)
+    r = sigmoid(x_r + _linear(h, w_hr, b_hr))
+    z = sigmoid(x_z + _linear(h, w_hz, b_hz))
+    # True: reset scales the hidden matmul's result, bias b_hn included (lets one fused matmul
+    # serve all three gates). False: reset scales the state before the matmul. They differ when r != 1.
+    hidden_n = r * _linear(h, w_hn, b_hn) if linear_before_reset else _linear(r * h, w_hn, b_hn)
+    n = np.tanh(x_n + hidden_n)
+    return (1 - z) * n + z * h
+
+
+# --------------------------------------------------------------------------------------------
+# Time loop shared by all layers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_lengths(lengths, batch: int, steps: int) -> np.ndarray:
+    if lengths is None:
+        return np.full(batch, steps, dtype=np.int64)
+    lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths has shape {lengths.shape}, expected ({batch},)")
+    if lengths.min() < 1 or lengths.max() > steps:
+        raise ValueError(f"lengths must lie in 1..{steps} (as for pack_padded_sequence), got {lengths.tolist()}")
+    return lengths
+
+
+def _scan(
+    x: np.ndarray,
+    step: Callable[[np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, ...]],
+    state: tuple[np.ndarray, ...],
+    lengths,
+    reverse: bool,
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Run `step(x_t, state) -> new state` over time; state[0] is the hidden state emitted as output.
+
+    Iteration k visits, for each sequence b, the position k (forward) or lengths[b]-1-k (reverse).
+    Sequences with fewer than k+1 real steps are frozen (their state is not updated) and nothing
+    is written for them, so padded outputs stay 0 and the final state is the one after the last
+    real step, exactly as with packed sequences.
+    """
+    batch, steps, _ = x.shape
+    lengths = _check_lengths(lengths, batch, steps)
+    hidden = state[0].shape[-1]
+    outputs = np.zeros((batch, steps, hidden), dtype=x.dtype)
+    rows = np.arange(batch)
+    for k in range(steps):
+        active = k < lengths  # [B]
+        if not active.any():
+            break
+        pos = lengths - 1 - k if reverse else np.full(batch, k)
+        pos = np.clip(pos, 0, steps - 1)  # inactive rows read some valid step; their result is discarded
+        new_state = step(x[rows, pos], state)
+        state = tuple(np.where(active[:, None], new, old) for new, old in zip(new_state, state, strict=True))
+        outputs[rows[active], pos[active]] = state[0][active]
+    return outputs, state
+
+
+def _prepare(x, weight_ih, weight_hh, bias_ih, bias_hh, gates: int, states: Sequence):
+    """Cast everything to x's dtype, fill missing biases/states with zeros, check shapes."""
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be [B, T, I], got shape {x.shape}")
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    x = x.astype(dtype, copy=False)
+    weight_ih = np.asarray(weight_ih, dtype=dtype)
+    weight_hh = np.asarray(weight_hh, dtype=dtype)
+    hidden = weight_hh.shape[1]
+    expected = {"weight_ih": (gates * hidden, x.shape[2]), "weight_hh": (gates * hidden, hidden)}
+    for name, w in (("weight_ih", weight_ih), ("weight_hh", weight_hh)):
+        if w.shape != expected[name]:
+            raise ValueError(f"{name} has shape {w.shape}, expected {expected[name]}")
+    biases = []
+    for b in (bias_ih, bias_hh):
+        b = np.zeros(gates * hidden, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
+        if b.shape != (gates * hidden,):
+            raise ValueError(f"bias has shape {b.shape}, expected ({gates * hidden},)")
+        biases.append(b)
+    batch = x.shape[0]
+    out_states = []
+    for s in states:
+        s = np.zeros((batch, hidden), dtype=dtype) if s is None else np.asarray(s, dtype=dtype)
+        if s.shape != (batch, hidden):
+            raise ValueError(f"initial state has shape {s.shape}, expected ({batch}, {hidden})")
+        out_states.append(s)
+    return x, weight_ih, weight_hh, biases[0], biases[1], out_states
+
+
+# --------------------------------------------------------------------------------------------
+# Layers: one direction over a whole (padded) batch
+# --------------------------------------------------------------------------------------------
+
+
+def rnn_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, h0=None, lengths=None, nonlinearity="tanh", reverse=False):
+    """Elman RNN layer. Returns (outputs [B, T, H], h_n [B, H])."""
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {sorted(_NONLINEARITIES)}, got {nonlinearity!r}")
+    x, w_ih, w_hh, b_ih, b_hh, (h,) = _prepare(x, weight_ih, weight_hh, bias_ih, bias_hh, 1, [h0])
+
+    def step(x_t, state):
+        return (rnn_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, nonlinearity),)
+
+    outputs, (h_n,) = _scan(x, step, (h,), lengths, reverse)
+    return outputs, h_n
+
+
+def lstm_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, h0=None, c0=None, lengths=None, reverse=False, peephole=None):
+    """LSTM layer. Returns (outputs [B, T, H], h_n [B, H], c_n [B, H]).
+
+    peephole: optional peephole weights, [3, H] (or flat [3H]) in the order of the ONNX LSTM
+    operator's `P` input: p_i (input gate), p_o (output gate), p_f (forget gate).
+    """
+    x, w_ih, w_hh, b_ih, b_hh, (h, c) = _prepare(x, weight_ih, weight_hh, bias_ih, bias_hh, 4, [h0, c0])
+    if peephole is not None:
+        peephole = np.asarray(peephole, dtype=x.dtype).reshape(3, h.shape[1])
+
+    def step(x_t, state):
+        return lstm_cell(x_t, state[0], state[1], w_ih, w_hh, b_ih, b_hh, peephole)
+
+    outputs, (h_n, c_n) = _scan(x, step, (h, c), lengths, reverse)
+    return outputs, h_n, c_n
+
+
+def gru_layer(
+    x, weight_ih, weight_hh, bias_ih, bias_hh, h0=None, lengths=None, reverse=False, linear_before_reset=True
+):
+    """GRU layer. Returns (outputs [B, T, H], h_n [B, H]).
+
+    linear_before_reset=True is torch.nn.GRU; False is the original Cho et al. form (ONNX's default).
+    """
+    x, w_ih, w_hh, b_ih, b_hh, (h,) = _prepare(x, weight_ih, weight_hh, bias_ih, bias_hh, 3, [h0])
+
+    def step(x_t, state):
+        return (gru_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, linear_before_reset),)
+
+    outputs, (h_n,) = _scan(x, step, (h,), lengths, reverse)
+    return outputs, h_n
+
+
+# --------------------------------------------------------------------------------------------
+# Stacks (what torch.nn.RNN/LSTM/GRU(num_layers=N, bidirectional=...) computes, without dropout)
+# --------------------------------------------------------------------------------------------
+
+
+def stacked(x, layers, cell, lengths=None, bidirectional=False, nonlinearity="tanh", state=None):
+    """Run a stack of layers; each layer reads the previous layer's output.
+
+    layers: one dict per layer with torch's single-layer names "weight_ih_l0", "weight_hh_l0",
+        "bias_ih_l0", "bias_hh_l0" (+ the same with suffix "_reverse" when bidirectional).
+        Biases may be absent (bias=False).
+    cell: "rnn", "lstm" or "gru".
+    state: optional initial states, one dict per layer: {"h": [D, B, H]} (+ "c" for lstm).
+
+    Returns (outputs [B, T, D*H], states) where states has one dict per layer
+    {"h": [D, B, H]} (+ "c": [D, B, H] for lstm), D = 2 if bidirectional else 1. When bidirectional
+    each layer's output is concat(forward, backward) along the last axis, as in torch.
+    """
+    if cell not in GATES:
+        raise ValueError(f"cell must be one of {sorted(GATES)}, got {cell!r}")
+    if state is not None and len(state) != len(layers):
+        raise ValueError(f"state has {len(state)} layers, the stack has {len(layers)}")
+    suffixes = ["", "_reverse"] if bidirectional else [""]
+    states = []
+    out = np.asarray(x)
+    for k, params in enumerate(layers):
+        init = state[k] if state is not None else {}
+        outs, hs, cs = [], [], []
+        for d, suffix in enumerate(suffixes):
+
+            def p(name, params=params, suffix=suffix):
+                return params.get(f"{name}_l0{suffix}")
+
+            weights = (p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"))
+            h0 = init["h"][d] if "h" in init else None
+            reverse = d == 1
+            if cell == "lstm":
+                c0 = init["c"][d] if "c" in init else None
+                y, h_n, c_n = lstm_layer(out, *weights, h0=h0, c0=c0, lengths=lengths, reverse=reverse)
+                cs.append(c_n)
+            elif cell == "gru":
+                y, h_n = gru_layer(out, *weights, h0=h0, lengths=lengths, reverse=reverse)
+            else:
+                y, h_n = rnn_layer(out, *weights, h0=h0, lengths=lengths, nonlinearity=nonlinearity, reverse=reverse)
+            outs.append(y)
+            hs.append(h_n)
+        out = np.concatenate(outs, axis=-1)
+        layer_state = {"h": np.stack(hs)}
+        if cell == "lstm":
+            layer_state["c"] = np.stack(cs)
+        states.append(layer_state)
+    return out, states
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX <-> torch weight layout, one direction
+#
+# ONNX:  W [G*H, I], R [G*H, H], B [2*G*H] = concat(Wb, Rb); gate blocks in ONNX order
+#        LSTM i, o, f, c      GRU z, r, h      RNN single block.
+# torch: weight_ih, weight_hh, bias_ih, bias_hh; gate blocks in torch order
+#        LSTM i, f, g(=c), o  GRU r, z, n(=h)
+# (ONNX tensors carry a leading num_directions axis: pass W[d], R[d], B[d].)
+# --------------------------------------------------------------------------------------------
+
+# torch block k = ONNX block _ONNX_BLOCK_OF_TORCH[cell][k]
+_ONNX_BLOCK_OF_TORCH = {
+    "lstm": [0, 2, 3, 1],  # torch i, f, g, o  <-  ONNX i(0), f(2), c(3), o(1)
+    "gru": [1, 0, 2],  # torch r, z, n  <-  ONNX r(1), z(0), h(2)
+    "rnn": [0],
+}
+
+
+def _reorder(a: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """Permute the gate blocks stacked along axis 0: result block k = input block order[k]."""
+    blocks = np.split(np.asarray(a), len(order), axis=0)
+    return np.concatenate([blocks[j] for j in order], axis=0)
+
+
+def _from_onnx(cell: str, W, R, B):
+    order = _ONNX_BLOCK_OF_TORCH[cell]
+    W, R = np.asarray(W), np.asarray(R)
+    if W.ndim != 2 or R.ndim != 2:
+        raise ValueError(f"expected one direction: W [G*H, I] and R [G*H, H], got {W.shape} and {R.shape}")
+    rows = W.shape[0]
+    if B is None:  # ONNX: B absent means zero biases
+        B = np.zeros(2 * rows, dtype=W.dtype)
+    B = np.asarray(B).reshape(-1)
+    if B.shape != (2 * rows,):
+        raise ValueError(f"B has shape {B.shape}, expected ({2 * rows},) = concat(Wb, Rb)")
+    wb, rb = B[:rows], B[rows:]
+    return _reorder(W, order), _reorder(R, order), _reorder(wb, order), _reorder(rb, order)
+
+
+def _to_onnx(cell: str, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    inverse = np.argsort(_ONNX_BLOCK_OF_TORCH[cell])
+    weight_ih, weight_hh = np.asarray(weight_ih), np.asarray(weight_hh)
+    rows = weight_ih.shape[0]
+    bias_ih = np.zeros(rows, weight_ih.dtype) if bias_ih is None else np.asarray(bias_ih)
+    bias_hh = np.zeros(rows, weight_ih.dtype) if bias_hh is None else np.asarray(bias_hh)
+    B = np.concatenate([_reorder(bias_ih, inverse), _reorder(bias_hh, inverse)])
+    return _reorder(weight_ih, inverse), _reorder(weight_hh, inverse), B
+
+
+def lstm_from_onnx(W, R, B=None):
+    """ONNX LSTM (gates i,o,f,c) -> torch (i,f,g,o): returns (weight_ih, weight_hh, bias_ih, bias_hh)."""
+    return _from_onnx("lstm", W, R, B)
+
+
+def gru_from_onnx(W, R, B=None):
+    """ONNX GRU (gates z,r,h) -> torch (r,z,n): returns (weight_ih, weight_hh, bias_ih, bias_hh)."""
+    return _from_onnx("gru", W, R, B)
+
+
+def rnn_from_onnx(W, R, B=None):
+    """ONNX RNN -> torch: only the bias is split (Wb, Rb); returns (weight_ih, weight_hh, bias_ih, bias_hh)."""
+    return _from_onnx("rnn", W, R, B)
+
+
+def lstm_to_onnx(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """torch LSTM -> ONNX: returns (W, R, B) for one direction (no leading direction axis)."""
+    return _to_onnx("lstm", weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def gru_to_onnx(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """torch GRU -> ONNX: returns (W, R, B) for one direction (no leading direction axis)."""
+    return _to_onnx("gru", weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def rnn_to_onnx(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """torch RNN -> ONNX: returns (W, R, B) for one direction (no leading direction axis)."""
+    return _to_onnx("rnn", weight_ih, weight_hh, bias_ih, bias_hh)
