@@ -1,0 +1,71 @@
+"""Data: readers for every input format, encoding with a vocabulary / label set, and batching.
+
+NumPy and the standard library only (no torch): the inference runtime reuses all of it.
+Formats are described in docs/data-formats.md.
+"""
+
+from toolkit.data.batching import bucket_batches, pad_batch, stream_windows
+from toolkit.data.encode import (
+    Encoded,
+    build_specs,
+    count_unknown,
+    encode_examples,
+    encode_stream,
+    label_universe,
+    order_labels,
+    order_tags,
+)
+from toolkit.data.examples import example_path
+from toolkit.data.formats import FORMATS, SUFFIX_FORMATS, TASK_FORMATS, read_records, resolve_format
+from toolkit.data.load import encode_records, load_data, load_file
+from toolkit.data.records import Record, Records
+from toolkit.data.split import split_sequences, split_stream
+from toolkit.data.text import tokenize
+from toolkit.data.types import (
+    PAD_TARGET,
+    Batch,
+    Example,
+    InputSpec,
+    OutputSpec,
+    Prepared,
+    SequenceDataset,
+    StreamDataset,
+)
+from toolkit.data.vocab import Vocabulary
+
+__all__ = [
+    "FORMATS",
+    "PAD_TARGET",
+    "SUFFIX_FORMATS",
+    "TASK_FORMATS",
+    "Batch",
+    "Encoded",
+    "Example",
+    "InputSpec",
+    "OutputSpec",
+    "Prepared",
+    "Record",
+    "Records",
+    "SequenceDataset",
+    "StreamDataset",
+    "Vocabulary",
+    "bucket_batches",
+    "build_specs",
+    "count_unknown",
+    "encode_examples",
+    "encode_records",
+    "encode_stream",
+    "example_path",
+    "label_universe",
+    "load_data",
+    "load_file",
+    "order_labels",
+    "order_tags",
+    "pad_batch",
+    "read_records",
+    "resolve_format",
+    "split_sequences",
+    "split_stream",
+    "stream_windows",
+    "tokenize",
+]

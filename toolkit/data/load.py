@@ -1,0 +1,107 @@
+"""`load_data`: a config's data section -> train/val splits plus the specs a model is built from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.config import Config
+from toolkit.data.encode import build_specs, encode_examples, encode_stream, label_universe
+from toolkit.data.formats import read_records
+from toolkit.data.records import Records, preview
+from toolkit.data.split import split_sequences, split_stream
+from toolkit.data.types import InputSpec, OutputSpec, Prepared, SequenceDataset, StreamDataset
+from toolkit.data.vocab import UNK_ID
+from toolkit.errors import ConfigError, DataError
+
+
+def encode_records(
+    records: Records, config: Config, input_spec: InputSpec, output_spec: OutputSpec, require_target: bool = True
+) -> SequenceDataset | StreamDataset:
+    """Encode records of any format with given specs: a StreamDataset for text/csv, else a SequenceDataset."""
+    if records.is_stream:
+        return encode_stream(
+            records,
+            input_spec,
+            output_spec,
+            target_columns=config.data.target_columns,
+            horizon=config.data.horizon,
+            require_target=require_target,
+        )
+    return SequenceDataset(encode_examples(records, input_spec, output_spec))
+
+
+def load_file(
+    path: str | Path, config: Config, input_spec: InputSpec, output_spec: OutputSpec, require_target: bool = True
+) -> SequenceDataset | StreamDataset:
+    """Read and encode one more file (validation, test or inference input) with a trained model's specs.
+
+    Uses the config's task, data.format, level, lowercase, target_columns and horizon. With
+    require_target=False labels/targets are optional (Example.target None where absent).
+    """
+    d = config.data
+    records = read_records(path, config.task, d.format, require_target, level=d.level, lowercase=d.lowercase)
+    return encode_records(records, config, input_spec, output_spec, require_target)
+
+
+def load_data(config: Config) -> Prepared:
+    """Read the training data (and validation data) a config names; build specs from the training split.
+
+    Validation: the `data.val` file if given, read with the training specs; else `val_fraction`
+    held out (a seeded shuffle of sequences, or the end of a stream). Raises DataError / ConfigError.
+    """
+    d = config.data
+    task = config.task
+    if not d.data:
+        raise ConfigError("data.data is not set: give the training file (for lm, a text file or a directory)")
+    read = {"level": d.level, "lowercase": d.lowercase}
+    records = read_records(d.data, task, d.format, True, **read)
+    notes = list(records.notes)
+    labels = label_universe(records) if task in ("classify", "tag") else None
+
+    if d.val:
+        val_records = read_records(d.val, task, d.format, True, **read)
+        notes += [n for n in val_records.notes if n not in notes]
+        if records.format == "csv" and val_records.format == "csv" and val_records[0].columns != records[0].columns:
+            raise DataError(
+                f"the numeric columns differ from the training file's: expected {preview(records[0].columns)}; "
+                f"got {preview(val_records[0].columns)}",
+                path=val_records.path,
+            )
+        if records.is_stream != val_records.is_stream:
+            raise DataError(
+                f"the validation file is {val_records.format} data but the training file is {records.format}",
+                path=val_records.path,
+            )
+        train_part, val_part = records, val_records
+        notes.append(f"validation data: {d.val}")
+    elif records.is_stream:
+        train_part, val_part, note = split_stream(records, d.val_fraction, d.horizon)
+        notes.append(note)
+    else:
+        train_part, val_part, note = split_sequences(records, d.val_fraction, config.train.seed)
+        notes.append(note)
+
+    input_spec, output_spec = build_specs(
+        train_part,
+        min_freq=d.min_freq,
+        max_vocab=d.max_vocab,
+        labels=labels,
+        target_columns=d.target_columns,
+        horizon=d.horizon,
+    )
+    train = encode_records(train_part, config, input_spec, output_spec)
+    val = encode_records(val_part, config, input_spec, output_spec) if val_part is not None else None
+
+    if input_spec.kind == "tokens":
+        notes.append(f"vocabulary: {len(input_spec.vocab)} entries from the training split (4 specials included)")
+        if isinstance(val, SequenceDataset) and val.examples:
+            unknown = sum(int(np.count_nonzero(ex.inputs == UNK_ID)) for ex in val.examples)
+            total = sum(len(ex) for ex in val.examples)
+            if total:
+                notes.append(f"{unknown} of {total} validation tokens ({100 * unknown / total:.1f}%) map to <unk>")
+        elif isinstance(val, StreamDataset) and len(val):
+            unknown = int(np.count_nonzero(val.inputs == UNK_ID))
+            notes.append(f"{unknown} of {len(val)} validation tokens ({100 * unknown / len(val):.1f}%) map to <unk>")
+    return Prepared(train=train, val=val, input=input_spec, output=output_spec, notes=notes)
