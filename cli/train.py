@@ -54,8 +54,12 @@ def _choice(values):
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON config; flags override it.")
-@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last epoch.")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON config; flags override it."
+)
+@click.option(
+    "--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last epoch."
+)
 @click.option("--task", type=_choice(TASKS), help="classify | tag | lm | regress")
 @click.option("--data", help="Training data file (a directory of .txt/.md files for lm).")
 @click.option("--val", help="Validation file (default: hold out --val-fraction of --data).")

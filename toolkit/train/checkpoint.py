@@ -151,4 +151,3 @@ def load_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[Sequence
     except Exception as e:  # unpickling and shape errors come in many types
         raise CheckpointError(f"{run_dir / 'model.pt'}: cannot load weights ({e})") from None
     return model.eval(), config, input_spec, output_spec
-

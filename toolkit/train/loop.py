@@ -29,7 +29,7 @@ from toolkit.errors import CheckpointError, ConfigError
 from toolkit.models.encoder import detach_state
 from toolkit.models.model import SequenceModel
 from toolkit.train import checkpoint as ckpt
-from toolkit.train.metrics import better, default_monitor, metrics_for
+from toolkit.train.metrics import better, default_monitor, metric_mode, metrics_for
 from toolkit.train.optim import build_optimizer, build_schedule
 
 
@@ -92,6 +92,11 @@ def train(
     if not resume and (out / "state.pt").exists():
         raise ConfigError(f"{out} already holds a training run; continue it with --resume {out} or pick another --out")
     prepared = load_data(config)
+    if isinstance(prepared.train, StreamDataset) and config.model.bidirectional:
+        raise ConfigError(
+            f"task {config.task} on {config.data.data} trains on one long stream with the state carried forward; "
+            "a bidirectional model would see the values it must predict. Use --unidirectional"
+        )
     device = pick_device(config.train.device)
     seed_everything(config.train.seed)
     model = SequenceModel(config.model, prepared.input, prepared.output).to(device)
@@ -116,7 +121,10 @@ class _Run:
             self.monitor, self.mode = default_monitor(self.task, labels)
             if config.train.monitor:
                 self.monitor = config.train.monitor
-                self.mode = "min" if self.monitor in ("loss", "cross_entropy", "perplexity", "mae", "rmse") else "max"
+                try:
+                    self.mode = metric_mode(self.monitor)
+                except ValueError as e:
+                    raise ConfigError(f"train.monitor: {e}") from None
         else:
             self.monitor, self.mode = "loss", "min"  # no validation data: select on training loss
         self.optimizer = build_optimizer(model.parameters(), config.train)
@@ -188,7 +196,9 @@ class _Run:
                 watched = self._run_epoch(self.data.val, training=False)
                 record.update({f"val_{k}": v for k, v in watched.items()})
             if self.monitor not in watched:
-                raise ConfigError(f"train.monitor {self.monitor!r} is not a metric of this task; have: {sorted(watched)}")
+                raise ConfigError(
+                    f"train.monitor {self.monitor!r} is not a metric of this task; have: {sorted(watched)}"
+                )
             value = watched[self.monitor]
             record["seconds"] = time.perf_counter() - started
             self.epoch += 1
@@ -235,47 +245,20 @@ class _Run:
 
     def _run_epoch(self, dataset: SequenceDataset | StreamDataset, training: bool) -> dict[str, float]:
         tcfg = self.cfg.train
-        self.model.train(training)
-        metrics = metrics_for(self.task, self.data.output.labels, self.cfg.data.level)
-        streaming = isinstance(dataset, StreamDataset)
-        if streaming:
-            batches = stream_windows(dataset, tcfg.batch_size, tcfg.bptt)
-        else:
-            rng = np.random.default_rng([tcfg.seed, self.epoch]) if training else None
-            batches = bucket_batches(dataset, tcfg.batch_size, rng)
-        desc = f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate"
-        bar = tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=training, file=sys.stderr)
-        state = None
-        steps, grad_norms, started = 0, [], time.perf_counter()
-        for item in bar:
-            if streaming:
-                inputs, targets = (torch.from_numpy(a).to(self.device) for a in item)
-                lengths = None
-                steps += inputs.shape[0] * inputs.shape[1]
-            else:
-                inputs = torch.from_numpy(item.inputs).to(self.device)
-                targets = torch.from_numpy(item.targets).to(self.device)
-                lengths = torch.from_numpy(item.lengths)
-                steps += int(item.lengths.sum())
-            with torch.set_grad_enabled(training), torch.autocast("cuda", enabled=self.amp):
-                y, state = self.model(inputs, lengths, state if streaming else None)
-                loss_sum, count = self._loss(y, targets, lengths)
-            if training:
-                grad_norms.append(self._step(loss_sum / count))
-            if streaming:
-                state = detach_state(state)
-            metrics.add_loss(float(loss_sum), int(count))
-            self._update_metrics(metrics, y.detach().float(), targets, lengths, float(loss_sum), int(count))
-            if self.progress:
-                bar.set_postfix(loss=f"{float(loss_sum) / max(int(count), 1):.4f}", refresh=False)
-        bar.close()
-        result = metrics.compute()
-        if training:
-            elapsed = time.perf_counter() - started
-            result["steps_per_s"] = steps / elapsed if elapsed > 0 else 0.0
-            finite = [g for g in grad_norms if math.isfinite(g)]
-            result["grad_norm"] = float(np.mean(finite)) if finite else float("nan")
-        return result
+        rng = np.random.default_rng([tcfg.seed, self.epoch]) if training else None
+        return run_pass(
+            self.model,
+            self.task,
+            dataset,
+            metrics_for(self.task, self.data.output.labels, self.cfg.data.level),
+            batch_size=tcfg.batch_size,
+            bptt=tcfg.bptt,
+            amp=self.amp,
+            step=self._step if training else None,
+            rng=rng,
+            progress=self.progress,
+            desc=f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate",
+        )
 
     def _step(self, loss: torch.Tensor) -> float:
         """One optimizer step; returns the gradient norm before clipping."""
@@ -288,34 +271,93 @@ class _Run:
         self.scaler.update()
         return float(norm)
 
-    def _loss(self, y: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None):
-        """Summed loss and the count it is summed over (so batches of any size average right)."""
-        y = y.float()
-        if self.task == "classify":
-            return F.cross_entropy(y, targets, reduction="sum"), targets.shape[0]
-        if self.task in ("tag", "lm"):
-            flat = targets.reshape(-1)
-            loss = F.cross_entropy(y.reshape(flat.shape[0], -1), flat, ignore_index=PAD_TARGET, reduction="sum")
-            return loss, int((flat != PAD_TARGET).sum())
-        # regress: squared error on the normalised scale, padded steps masked out
-        err = (self.model.normalised(y) - self.model.normalised(targets)) ** 2
-        if y.dim() == 3 and lengths is not None:
-            mask = _step_mask(lengths, y.shape[1], y.device).unsqueeze(-1)
-            return (err * mask).sum(), int(mask.sum()) * y.shape[-1]
-        return err.sum(), err.numel()
 
-    def _update_metrics(self, metrics, y, targets, lengths, loss_sum: float, count: int) -> None:
-        if self.task == "classify":
-            metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy())
-        elif self.task == "tag":
-            metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy(), lengths.numpy())
-        elif self.task == "lm":
-            metrics.update(loss_sum, count)
+def run_pass(
+    model: SequenceModel,
+    task: str,
+    dataset: SequenceDataset | StreamDataset,
+    metrics,
+    batch_size: int,
+    bptt: int,
+    amp: bool = False,
+    step: Callable[[torch.Tensor], float] | None = None,
+    rng: np.random.Generator | None = None,
+    progress: bool = False,
+    desc: str = "",
+) -> dict[str, float]:
+    """One pass over `dataset`: training when `step` (the optimizer step) is given, else
+    evaluation. Padded batches for sequence data, truncated-BPTT windows with the state
+    carried (and detached) for streams. Returns the task metrics (plus speed and gradient
+    norm when training)."""
+    training = step is not None
+    model.train(training)
+    device = next(model.parameters()).device
+    streaming = isinstance(dataset, StreamDataset)
+    batches = stream_windows(dataset, batch_size, bptt) if streaming else bucket_batches(dataset, batch_size, rng)
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=training, file=sys.stderr)
+    state = None
+    steps, grad_norms, started = 0, [], time.perf_counter()
+    for item in bar:
+        if streaming:
+            inputs, targets = (torch.from_numpy(a).to(device) for a in item)
+            lengths = None
+            steps += inputs.shape[0] * inputs.shape[1]
         else:
-            mask = None
-            if y.dim() == 3 and lengths is not None:
-                mask = _step_mask(lengths, y.shape[1], y.device).cpu().numpy()
-            metrics.update(y.cpu().numpy(), targets.float().cpu().numpy(), mask)
+            inputs = torch.from_numpy(item.inputs).to(device)
+            targets = torch.from_numpy(item.targets).to(device)
+            lengths = torch.from_numpy(item.lengths)
+            steps += int(item.lengths.sum())
+        with torch.set_grad_enabled(training), torch.autocast("cuda", enabled=amp):
+            y, state = model(inputs, lengths, state if streaming else None)
+            loss_sum, count = task_loss(model, task, y, targets, lengths)
+        if training:
+            grad_norms.append(step(loss_sum / count))
+        if streaming:
+            state = detach_state(state)
+        loss_value = float(loss_sum.detach())
+        metrics.add_loss(loss_value, int(count))
+        update_metrics(metrics, task, y.detach().float(), targets, lengths, loss_value, int(count))
+        if progress:
+            bar.set_postfix(loss=f"{loss_value / max(int(count), 1):.4f}", refresh=False)
+    bar.close()
+    result = metrics.compute()
+    if training:
+        elapsed = time.perf_counter() - started
+        result["steps_per_s"] = steps / elapsed if elapsed > 0 else 0.0
+        finite = [g for g in grad_norms if math.isfinite(g)]
+        result["grad_norm"] = float(np.mean(finite)) if finite else float("nan")
+    return result
+
+
+def task_loss(model: SequenceModel, task: str, y: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None):
+    """Summed loss and the count it is summed over (so batches of any size average right)."""
+    y = y.float()
+    if task == "classify":
+        return F.cross_entropy(y, targets, reduction="sum"), targets.shape[0]
+    if task in ("tag", "lm"):
+        flat = targets.reshape(-1)
+        loss = F.cross_entropy(y.reshape(flat.shape[0], -1), flat, ignore_index=PAD_TARGET, reduction="sum")
+        return loss, int((flat != PAD_TARGET).sum())
+    # regress: squared error on the normalised scale, padded steps masked out
+    err = (model.normalised(y) - model.normalised(targets.float())) ** 2
+    if y.dim() == 3 and lengths is not None:
+        mask = _step_mask(lengths, y.shape[1], y.device).unsqueeze(-1)
+        return (err * mask).sum(), int(mask.sum()) * y.shape[-1]
+    return err.sum(), err.numel()
+
+
+def update_metrics(metrics, task: str, y, targets, lengths, loss_sum: float, count: int) -> None:
+    if task == "classify":
+        metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy())
+    elif task == "tag":
+        metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy(), lengths.numpy())
+    elif task == "lm":
+        metrics.update(loss_sum, count)
+    else:
+        mask = None
+        if y.dim() == 3 and lengths is not None:
+            mask = _step_mask(lengths, y.shape[1], y.device).cpu().numpy()
+        metrics.update(y.cpu().numpy(), targets.float().cpu().numpy(), mask)
 
 
 def _step_mask(lengths: torch.Tensor, total: int, device) -> torch.Tensor:
