@@ -23,7 +23,11 @@ def make_model(task, cell="lstm", nonlinearity="tanh", bidirectional=False, toke
     cfg = ModelConfig(
         cell=cell, nonlinearity=nonlinearity, hidden_size=8, num_layers=2, bidirectional=bidirectional, **kw
     )
-    inp = InputSpec("tokens", vocab=VOCAB) if tokens else InputSpec("features", num_features=3, mean=[0.5] * 3, std=[2.0] * 3)
+    inp = (
+        InputSpec("tokens", vocab=VOCAB)
+        if tokens
+        else InputSpec("features", num_features=3, mean=[0.5] * 3, std=[2.0] * 3)
+    )
     if task == "regress":
         out = OutputSpec("regress", num_targets=2, per_step=per_step, target_mean=[1.0, -1.0], target_std=[3.0, 0.5])
     elif task == "lm":

@@ -47,10 +47,7 @@ class SequenceModel(nn.Module):
         self, inputs: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
         """inputs int64 [B, T] or float [B, T, F]; lengths int64 [B] (None: no padding)."""
-        if self.tokens:
-            x = self.embedding(inputs)
-        else:
-            x = (inputs - self.feature_mean) / self.feature_std
+        x = self.embedding(inputs) if self.tokens else (inputs - self.feature_mean) / self.feature_std
         outputs, pooled, new_state = self.encoder(x, lengths, state)
         y = self.head(outputs if self.per_step else pooled)
         if self.task == "regress":

@@ -318,7 +318,8 @@ def run_pass(
         metrics.add_loss(loss_value, int(count))
         update_metrics(metrics, task, y.detach().float(), targets, lengths, loss_value, int(count))
         if progress:
-            bar.set_postfix(loss=f"{loss_value / max(int(count), 1):.4f}", refresh=False)
+            rate = steps / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{loss_value / max(int(count), 1):.4f}", steps_s=f"{rate:.0f}", refresh=False)
     bar.close()
     result = metrics.compute()
     if training:
