@@ -26,8 +26,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check toolkit cli tests benchmarks
-	$(VENV)/bin/ruff format --check toolkit cli tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs mlruns mlflow.db
