@@ -1,0 +1,157 @@
+"""Training: every cell x direction x task trains and its loss falls; exact resume; run files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.config import Config
+from toolkit.errors import ConfigError
+from toolkit.train.checkpoint import load_model
+from toolkit.train.loop import train
+
+CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def toy_data(tmp_path, task: str, n: int = 96, seed: int = 0) -> dict:
+    """Small learnable data sets; returns DataConfig fields."""
+    rng = np.random.default_rng(seed)
+    letters = list("abcdef")
+    if task == "classify":  # label = the most frequent of a/b/c among the tokens
+        rows = []
+        for _ in range(n):
+            toks = list(rng.choice(letters, size=rng.integers(3, 12)))
+            counts = {k: toks.count(k) for k in "abc"}
+            rows.append({"tokens": toks, "label": max(counts, key=counts.get)})
+        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
+    if task == "tag":  # BIO chunks of vowels
+        rows = []
+        for _ in range(n):
+            toks = list(rng.choice(letters, size=rng.integers(3, 12)))
+            tags, prev = [], False
+            for t in toks:
+                vowel = t in "ae"
+                tags.append(("I-V" if prev else "B-V") if vowel else "O")
+                prev = vowel
+            rows.append({"tokens": toks, "tags": tags})
+        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
+    if task == "lm":
+        text = "".join(rng.choice(["the cat sat. ", "a dog ran. ", "we go home. "]) for _ in range(300))
+        (tmp_path / "train.txt").write_text(text, encoding="utf-8")
+        return {"data": str(tmp_path / "train.txt")}
+    if task == "regress":  # target = mean of feature 0 over the sequence
+        rows = []
+        for _ in range(n):
+            x = rng.normal(size=(int(rng.integers(3, 12)), 2))
+            rows.append({"features": x.round(4).tolist(), "target": float(x[:, 0].mean())})
+        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
+    if task == "regress-step":  # target = running sum of feature 0
+        rows = []
+        for _ in range(n):
+            x = rng.normal(size=(int(rng.integers(3, 12)), 2))
+            rows.append({"features": x.round(4).tolist(), "target": np.cumsum(x[:, :1], axis=0).tolist()})
+        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
+    raise ValueError(task)
+
+
+def make_config(tmp_path, task, cell="lstm", nonlinearity="tanh", bidirectional=False, **train_kw) -> Config:
+    data = toy_data(tmp_path, task)
+    cfg = Config(task="regress" if task.startswith("regress") else task)
+    cfg.data.data = data["data"]
+    cfg.data.val_fraction = 0.2
+    cfg.model.cell, cfg.model.nonlinearity, cfg.model.bidirectional = cell, nonlinearity, bidirectional
+    cfg.model.hidden_size, cfg.model.num_layers, cfg.model.embedding_dim = 24, 2, 16
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.bptt = 6, 16, 0.02, 32
+    cfg.train.device = "cpu"
+    cfg.train.out = str(tmp_path / "run")
+    for k, v in train_kw.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+TASKS = ["classify", "tag", "lm", "regress", "regress-step"]
+
+
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("task", TASKS)
+def test_every_combination_trains_and_loss_falls(tmp_path, task, cell, nonlinearity, bidirectional):
+    cfg = make_config(tmp_path, task, cell, nonlinearity, bidirectional)
+    if task == "lm" and bidirectional:
+        with pytest.raises(ConfigError, match="bidirectional"):
+            train(cfg, progress=False, log=lambda m: None)
+        return
+    result = train(cfg, progress=False, log=lambda m: None)
+    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
+    print(f"{task} {cell}/{nonlinearity} bi={bidirectional}: train loss {first:.4f} -> {last:.4f}; best {result.best}")
+    assert math.isfinite(last)
+    assert last < 0.8 * first
+    for name in ("config.json", "spec.json", "model.pt", "state.pt", "metrics.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    model, config, inp, out = load_model(tmp_path / "run")
+    assert config.task == cfg.task and model.cfg.cell == cell
+
+
+def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
+    """An interrupted-then-resumed run ends with the same weights as an uninterrupted one."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg_a = make_config(tmp_path / "a", "tag", "gru", epochs=4, schedule="cosine")
+    cfg_a.model.dropout = 0.3  # exercises the torch RNG, which must be restored on resume
+    full = train(cfg_a, progress=False, log=lambda m: None)
+
+    cfg_b = make_config(tmp_path / "b", "tag", "gru", epochs=4, schedule="cosine")
+    cfg_b.model.dropout = 0.3
+
+    def interrupt(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, progress=False, log=lambda m: None, on_epoch_end=interrupt)
+    assert json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())["history"][-1]["epoch"] == 2
+    resumed = train(
+        Config.load(tmp_path / "b" / "run" / "config.json"), resume=True, progress=False, log=lambda m: None
+    )
+    assert resumed.epochs_run == 4
+
+    a = torch.load(tmp_path / "a" / "run" / "state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "run" / "state.pt", weights_only=False)["model"]
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"max |uninterrupted - resumed| over all weights: {worst:.3e}")
+    assert worst == 0.0
+    assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    cfg = make_config(tmp_path, "classify", epochs=1)
+    train(cfg, progress=False, log=lambda m: None)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg, progress=False, log=lambda m: None)
+
+
+def test_early_stopping_stops(tmp_path):
+    cfg = make_config(tmp_path, "classify", epochs=50, patience=2, lr=1e-6)  # too small a rate to improve
+    result = train(cfg, progress=False, log=lambda m: None)
+    print(f"early stop after {result.epochs_run} epochs, best epoch {result.best_epoch}")
+    assert result.stopped_early and result.epochs_run < 50
+    assert result.epochs_run - result.best_epoch == 2
+
+
+def test_lm_reports_perplexity_and_bpc_and_samples(tmp_path):
+    cfg = make_config(tmp_path, "lm", epochs=4)
+    result = train(cfg, progress=False, log=lambda m: None)
+    best = result.best
+    print(f"lm: {best}; sample {result.sample!r}")
+    assert best["perplexity"] == pytest.approx(math.exp(best["cross_entropy"]), rel=1e-6)
+    assert best["bpc"] == pytest.approx(best["cross_entropy"] / math.log(2), rel=1e-6)
+    assert isinstance(result.sample, str) and len(result.sample) > 0
