@@ -13,7 +13,12 @@ from cli.lazy import LazyGroup
 
 @click.group(
     cls=LazyGroup,
-    lazy_commands={"train": ("cli.train", "train"), "evaluate": ("cli.evaluate", "evaluate")},
+    lazy_commands={
+        "train": ("cli.train", "train"),
+        "evaluate": ("cli.evaluate", "evaluate"),
+        "export": ("cli.export", "export"),
+        "verify": ("cli.export", "verify"),
+    },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(package_name="rnnkit")

@@ -1,0 +1,69 @@
+"""`rnnkit export` and `rnnkit verify`: bundles with a parity certificate."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cli.main import user_errors
+
+
+def print_report(report, as_json: bool, extra: dict | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), **(extra or {})}))
+        return
+    click.echo(f"{'case':<44} {'graph':<11} {'provider':<9} {'max abs':>9} {'max rel':>9}  result")
+    for c in report.cases:
+        provider = c.provider.removesuffix("ExecutionProvider")
+        verdict = "pass" if c.passed else f"FAIL (> {c.tolerance:g})"
+        click.echo(f"{c.name:<44} {c.graph:<11} {provider:<9} {c.max_abs:9.2e} {c.max_rel:9.2e}  {verdict}")
+    summary = report.summary()
+    click.echo(
+        f"{summary['cases'] - summary['failed']}/{summary['cases']} cases within {report.tolerance:g} "
+        f"(seed {report.seed}); worst {summary['worst_case']}: {summary['max_abs'] or 0:.2e}"
+    )
+    for name, value in (extra or {}).items():
+        click.echo(f"{name}: {value}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset of the graphs.")
+@click.option("--sample", type=click.Path(dir_okay=False), help="Your own inputs to include in the parity check.")
+@click.option("--seed", type=int, help="Seed of the random parity inputs (default: fresh, recorded in the report).")
+@click.option("--force", is_flag=True, help="Write the bundle even if parity fails (marked failed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@user_errors
+def export(run_dir, out, opset, sample, seed, force, as_json):
+    """Export the best model of RUN_DIR to an ONNX bundle and certify its parity with torch."""
+    from toolkit.export.exporter import export as run_export
+
+    result = run_export(run_dir, out, opset=opset, sample=sample, seed=seed, force=force)
+    written = {"bundle": str(result.out) if result.written else None, "report": str(result.report_path)}
+    print_report(result.report, as_json, written)
+    if not result.report.passed:
+        failed = ", ".join(f"{c.name} ({c.max_abs:.2e})" for c in result.report.failures)
+        click.echo(
+            f"error: parity failed: {failed}" + ("; bundle written marked failed (--force)" if force else ""), err=True
+        )
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--checkpoint", type=click.Path(file_okay=False), help="Run directory: also check torch vs ONNX.")
+@click.option("--seed", type=int, help="Seed of the random inputs (default: fresh).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@user_errors
+def verify(bundle, checkpoint, seed, as_json):
+    """Check a bundle: manifest, graph hashes, ONNX validity, step-vs-full parity (and torch parity)."""
+    from toolkit.export.verify import verify as run_verify
+
+    report = run_verify(bundle, checkpoint=checkpoint, seed=seed)
+    print_report(report, as_json)
+    if not report.passed:
+        click.echo("error: verification failed: " + ", ".join(c.name for c in report.failures), err=True)
+        sys.exit(1)

@@ -1,0 +1,108 @@
+"""The bundle directory: model.onnx, step.onnx (unidirectional), manifest.json, parity.json.
+
+Reading a bundle (`read_manifest`, `check_graphs`) needs only the standard library, numpy and
+onnx; writing is atomic: everything goes to a temporary sibling directory that is renamed into
+place, so an interrupted export leaves either the old bundle or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from toolkit.errors import RnnkitError
+
+FORMAT = "rnnkit-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PARITY = "parity.json"
+
+
+class BundleError(RnnkitError):
+    """A bundle is missing files, corrupt, from another version, or does not match its manifest."""
+
+    exit_code = 2
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bundle(out: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (name -> bytes) as the bundle directory `out`, atomically."""
+    out = Path(out)
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise BundleError(f"{out} exists and is not an rnnkit bundle; choose an empty or new --out directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_manifest(bundle: str | Path) -> dict:
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle}: not a directory (expected a bundle written by `rnnkit export`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing; {bundle} is not a complete rnnkit bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: unreadable ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: not an rnnkit bundle manifest (format {manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {manifest.get('format_version')!r}; "
+            f"this rnnkit reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def check_graphs(bundle: str | Path, manifest: dict) -> dict[str, bytes]:
+    """Every graph the manifest lists: present, sha256 as recorded, valid for the onnx checker.
+    Returns name -> bytes."""
+    import onnx
+
+    bundle = Path(bundle)
+    graphs = {}
+    for name, info in manifest.get("graphs", {}).items():
+        path = bundle / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"{path}: missing (the manifest lists it)") from None
+        digest = sha256(data)
+        if digest != info.get("sha256"):
+            raise BundleError(
+                f"{path}: sha256 {digest[:16]}... does not match the manifest's {str(info.get('sha256'))[:16]}...; "
+                "the graph was changed or corrupted after export: export it again"
+            )
+        try:
+            onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
+        except Exception as e:  # DecodeError, ValidationError, ...: all mean "not a valid graph"
+            raise BundleError(f"{path}: not a valid ONNX model ({type(e).__name__}: {e})") from None
+        graphs[name] = data
+    if "model.onnx" not in graphs:
+        raise BundleError(f"{bundle / MANIFEST}: lists no model.onnx")
+    return graphs

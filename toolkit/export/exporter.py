@@ -1,0 +1,208 @@
+"""Run directory -> verified bundle: build the graphs, prove parity, write atomically."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
+
+from toolkit.export import parity
+from toolkit.export.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
+from toolkit.train.checkpoint import load_model
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    report: parity.Report
+    manifest: dict
+    written: bool
+    report_path: Path
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    opset: int = 17,
+    sample: str | Path | None = None,
+    seed: int | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Export the best model of `run_dir` to the bundle `out`. Parity failures leave no bundle
+    (unless `force`, which writes one marked failed) but keep the report next to `out`."""
+    out = Path(out)
+    model, config, input_spec, output_spec = load_model(run_dir)
+    weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    graphs = {"model.onnx": build_full_graph(weights, config.model, input_spec, output_spec, opset=opset)}
+    if not config.model.bidirectional:
+        graphs["step.onnx"] = build_step_graph(weights, config.model, input_spec, output_spec, opset=opset)
+    blobs = {name: g.SerializeToString() for name, g in graphs.items()}
+
+    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    sample_data = _read_sample(sample, config, input_spec, output_spec) if sample else None
+    report = certify(model, blobs, input_spec.to_dict(), model.per_step, seed, sample_data)
+
+    manifest = build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir)
+    report_json = json.dumps(report.to_dict(), indent=2).encode()
+    files = {**blobs, MANIFEST: json.dumps(manifest, indent=2, ensure_ascii=False).encode(), PARITY: report_json}
+    if report.passed or force:
+        write_bundle(out, files)
+        return ExportResult(out, report, manifest, True, out / PARITY)
+    kept = out.with_name(f"{out.name}.parity-failed.json")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(report_json)
+    return ExportResult(out, report, manifest, False, kept)
+
+
+def certify(model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, seed: int, sample=None) -> parity.Report:
+    """Torch (float64) against ONNX Runtime on every provider that works here."""
+    reference_model = _float64_copy(model)
+    rng = np.random.default_rng(seed)
+    make_inputs = parity.InputMaker(input_dict, rng)
+    cases = []
+    for provider in _providers():
+        full = parity.session(blobs["model.onnx"], provider)
+        run_full = lambda x, lens, s=full: s.run(None, _feeds(s, x, lens))[0]  # noqa: E731
+        reference = lambda x, lens: _torch_forward(reference_model, x, lens)  # noqa: E731
+        cases += parity.full_cases(run_full, reference, make_inputs, per_step, provider, sample)
+        cases.append(parity.padding_case(run_full, make_inputs, per_step, provider))
+        if "step.onnx" in blobs:
+            step = parity.session(blobs["step.onnx"], provider)
+            cases += parity.stream_cases(
+                run_full,
+                lambda chunk, state, s=step: run_step(s, chunk, state),
+                lambda x: _torch_state(reference_model, x),
+                make_inputs,
+                per_step,
+                provider,
+                rng,
+            )
+    return parity.Report(seed=seed, tolerance=parity.FP32_TOLERANCE, cases=cases)
+
+
+def run_step(session, chunk: np.ndarray, state: dict | None):
+    """One call of step.onnx; zeros as the initial state (the manifest's documented start)."""
+    feeds = {session.get_inputs()[0].name: chunk}
+    for inp in session.get_inputs()[1:]:
+        if state is not None:
+            feeds[inp.name] = state[inp.name]
+        else:
+            layers, hidden = inp.shape[0], inp.shape[2]
+            feeds[inp.name] = np.zeros((layers, chunk.shape[0], hidden), dtype=np.float32)
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(None, feeds)
+    new_state = {n.removesuffix("_next"): v for n, v in zip(names[1:], values[1:], strict=True)}
+    return values[0], new_state
+
+
+def _feeds(session, x: np.ndarray, lengths: np.ndarray) -> dict:
+    inputs = [i.name for i in session.get_inputs()]
+    return {inputs[0]: x, "lengths": lengths}
+
+
+def _float64_copy(model):
+    import copy
+
+    return copy.deepcopy(model).double().eval()
+
+
+@torch.no_grad()
+def _torch_forward(model, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    inputs = torch.from_numpy(x) if x.dtype == np.int64 else torch.from_numpy(x.astype(np.float64))
+    y, _ = model(inputs, torch.from_numpy(lengths))
+    return y.numpy()
+
+
+@torch.no_grad()
+def _torch_state(model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The final state after the whole stream, stacked per layer like step.onnx's: [L, B, H]."""
+    inputs = torch.from_numpy(x) if x.dtype == np.int64 else torch.from_numpy(x.astype(np.float64))
+    _, state = model(inputs)
+    if isinstance(state[0], tuple):
+        return {"h": torch.cat([s[0] for s in state]).numpy(), "c": torch.cat([s[1] for s in state]).numpy()}
+    return {"h": torch.cat(state).numpy()}
+
+
+def _providers() -> list[str]:
+    providers = ["CPUExecutionProvider"]
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in parity.ort.get_available_providers():
+        providers.append("CUDAExecutionProvider")
+    return providers
+
+
+def _read_sample(path, config, input_spec, output_spec):
+    from toolkit.data import SequenceDataset, load_file, pad_batch
+
+    data = load_file(path, config, input_spec, output_spec, require_target=False)
+    if not isinstance(data, SequenceDataset):
+        raise BundleError(f"{path}: a --sample file must hold sequences (JSON Lines, CoNLL or .ts), not a stream")
+    batch = pad_batch(data.examples, np.arange(len(data.examples)))
+    return batch.inputs, batch.lengths
+
+
+def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir) -> dict:
+    cfg = config.model
+    if input_spec.kind == "tokens":
+        inp = {
+            "kind": "tokens",
+            "name": "tokens",
+            "vocab": input_spec.vocab.to_json(),
+            "vocab_size": len(input_spec.vocab),
+        }
+        inp.update(level=config.data.level, lowercase=config.data.lowercase)
+    else:
+        inp = {"kind": "features", "name": "features", "num_features": input_spec.num_features}
+        inp.update(mean=input_spec.mean, std=input_spec.std, note="raw values; the graph normalises them")
+    out = {k: v for k, v in output_spec.to_dict().items() if k not in ("task", "per_step")}
+    out.update(name="values" if config.task == "regress" else "logits")
+    out.update(per_step=output_spec.task in ("tag", "lm") or output_spec.per_step)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": config.task,
+        "model": {
+            "cell": cfg.cell,
+            "nonlinearity": cfg.nonlinearity if cfg.cell == "rnn" else None,
+            "num_layers": cfg.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "bidirectional": cfg.bidirectional,
+            "directions": 2 if cfg.bidirectional else 1,
+            "merge": cfg.merge,
+            "residual": cfg.residual,
+        },
+        "input": inp,
+        "output": out,
+        "state": None if cfg.bidirectional else state_spec(cfg),
+        "precision": "fp32",
+        "opset": opset,
+        "graphs": {
+            name: {
+                "sha256": sha256(blobs[name]),
+                "ir_version": g.ir_version,
+                "inputs": [i.name for i in g.graph.input],
+                "outputs": [o.name for o in g.graph.output],
+            }
+            for name, g in graphs.items()
+        },
+        "producer": {
+            "rnnkit": _version("rnnkit"),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": parity.ort.__version__,
+        },
+        "parity": report.summary(),
+        "source": {"run_dir": str(Path(run_dir).resolve())},
+    }
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

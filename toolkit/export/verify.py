@@ -1,0 +1,52 @@
+"""`rnnkit verify`: re-check a bundle on its own (and against its checkpoint when given).
+
+Without a checkpoint no torch is needed: the manifest's format and hashes, the onnx checker,
+and step.onnx against model.onnx on a fresh long stream (the state reference is step.onnx run
+over the whole stream in one call). With the checkpoint, the full torch-vs-ONNX certificate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.export import parity
+from toolkit.export.bundle import BundleError, check_graphs, read_manifest
+
+
+def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int | None = None) -> parity.Report:
+    manifest = read_manifest(bundle)
+    blobs = check_graphs(bundle, manifest)
+    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    if checkpoint is not None:
+        from toolkit.export.exporter import certify
+        from toolkit.train.checkpoint import load_model
+
+        model = load_model(checkpoint)[0]
+        return certify(model, blobs, manifest["input"], manifest["output"]["per_step"], seed)
+    rng = np.random.default_rng(seed)
+    make_inputs = parity.InputMaker(manifest["input"], rng)
+    full = parity.session(blobs["model.onnx"], "CPUExecutionProvider")
+
+    def run_full(x, lens):
+        return full.run(None, {full.get_inputs()[0].name: x, "lengths": lens})[0]
+
+    per_step = manifest["output"]["per_step"]
+    cases = [parity.padding_case(run_full, make_inputs, per_step, "CPUExecutionProvider")]
+    if "step.onnx" in blobs:
+        from toolkit.export.exporter import run_step
+
+        step = parity.session(blobs["step.onnx"], "CPUExecutionProvider")
+        cases += parity.stream_cases(
+            run_full,
+            lambda chunk, state: run_step(step, chunk, state),
+            lambda x: run_step(step, x, None)[1],
+            make_inputs,
+            per_step,
+            "CPUExecutionProvider",
+            rng,
+        )
+    elif not manifest["model"]["bidirectional"]:
+        raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
+    return parity.Report(seed=seed, tolerance=parity.FP32_TOLERANCE, cases=cases)
