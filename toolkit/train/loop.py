@@ -100,6 +100,9 @@ def train(
     device = pick_device(config.train.device)
     seed_everything(config.train.seed)
     model = SequenceModel(config.model, prepared.input, prepared.output).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    amp = " with mixed precision" if config.train.amp and device.type == "cuda" else ""
+    log(f"training {config.model.cell} x{config.model.num_layers} ({params:,} parameters) on {device}{amp}")
     run = _Run(config, prepared, model, device, progress, log)
     if resume:
         run.restore(out / "state.pt")
