@@ -48,9 +48,9 @@ def resolve_format(path: str | Path, fmt: str = "auto", task: str | None = None)
             if fmt is None:
                 if not p.exists():
                     raise DataError("no such file or directory", path=str(path))
-                shown = f"suffix '{p.suffix}'" if p.suffix else "no suffix"
+                shown = f"its suffix '{p.suffix}'" if p.suffix else "a name without a suffix"
                 raise DataError(
-                    f"cannot tell the format from its {shown}; accepted suffixes: {ACCEPTED_SUFFIXES}; "
+                    f"cannot tell the format from {shown}; accepted suffixes: {ACCEPTED_SUFFIXES}; "
                     f"or set data.format (format: ...) to one of {', '.join(FORMATS)}",
                     path=str(path),
                 )
