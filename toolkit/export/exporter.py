@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
 
 from toolkit.export import parity
+from toolkit.export.builder import build_full_graph, build_step_graph, state_spec
 from toolkit.export.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
 from toolkit.train.checkpoint import load_model
 
@@ -76,7 +76,7 @@ def certify(model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, se
             step = parity.session(blobs["step.onnx"], provider)
             cases += parity.stream_cases(
                 run_full,
-                lambda chunk, state, s=step: run_step(s, chunk, state),
+                lambda chunk, state, s=step: parity.run_step(s, chunk, state),
                 lambda x: _torch_state(reference_model, x),
                 make_inputs,
                 per_step,
@@ -84,21 +84,6 @@ def certify(model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, se
                 rng,
             )
     return parity.Report(seed=seed, tolerance=parity.FP32_TOLERANCE, cases=cases)
-
-
-def run_step(session, chunk: np.ndarray, state: dict | None):
-    """One call of step.onnx; zeros as the initial state (the manifest's documented start)."""
-    feeds = {session.get_inputs()[0].name: chunk}
-    for inp in session.get_inputs()[1:]:
-        if state is not None:
-            feeds[inp.name] = state[inp.name]
-        else:
-            layers, hidden = inp.shape[0], inp.shape[2]
-            feeds[inp.name] = np.zeros((layers, chunk.shape[0], hidden), dtype=np.float32)
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(None, feeds)
-    new_state = {n.removesuffix("_next"): v for n, v in zip(names[1:], values[1:], strict=True)}
-    return values[0], new_state
 
 
 def _feeds(session, x: np.ndarray, lengths: np.ndarray) -> dict:

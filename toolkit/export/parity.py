@@ -26,7 +26,7 @@ STREAM = 1000
 class Case:
     name: str
     graph: str  # "model.onnx" or "step.onnx"
-    reference: str  # "torch-fp64" or "model.onnx"
+    reference: str  # "torch-fp64", or "model.onnx" (step graph, padding), or step.onnx in one call (verify)
     provider: str
     shapes: dict
     max_abs: float
@@ -194,23 +194,19 @@ def stream_cases(
         if positions is not None:
             rows = np.tile(np.arange(x.shape[0]), len(positions) // x.shape[0])
             got = got[rows, positions]
+        shapes = {"inputs": list(x.shape), "chunks": i}
         max_abs, max_rel = errors(got, want)
+        label = f"stream of {STREAM}, {name}"
+        cases.append(Case(label, "step.onnx", "model.onnx", provider, shapes, max_abs, max_rel, FP32_TOLERANCE))
         for key, value in state_want.items():
+            # An LSTM's cell state is unbounded (|c| reaches tens over a long stream) and fp32
+            # carries ~7 significant digits, so the state budget scales with its magnitude.
+            tolerance = FP32_TOLERANCE * max(1.0, float(np.abs(value).max()))
             s_abs, s_rel = errors(state[key], value)
-            max_abs, max_rel = max(max_abs, s_abs), max(max_rel, s_rel)
-        shapes = {"inputs": list(x.shape), "chunks": i, "state": sorted(state_want)}
-        cases.append(
-            Case(
-                f"stream of {STREAM}, {name}",
-                "step.onnx",
-                "model.onnx",
-                provider,
-                shapes,
-                max_abs,
-                max_rel,
-                FP32_TOLERANCE,
+            shapes_s = {**shapes, "state": key, "shape": list(value.shape)}
+            cases.append(
+                Case(f"{label}, final {key}", "step.onnx", "torch-fp64", provider, shapes_s, s_abs, s_rel, tolerance)
             )
-        )
     return cases
 
 
@@ -238,3 +234,18 @@ def padding_case(run_full, make_inputs, per_step: bool, provider: str) -> Case:
         worst_rel,
         FP32_TOLERANCE,
     )
+
+
+def run_step(session, chunk: np.ndarray, state: dict | None):
+    """One call of step.onnx; zeros as the initial state (the manifest's documented start)."""
+    feeds = {session.get_inputs()[0].name: chunk}
+    for inp in session.get_inputs()[1:]:
+        if state is not None:
+            feeds[inp.name] = state[inp.name]
+        else:
+            layers, hidden = inp.shape[0], inp.shape[2]
+            feeds[inp.name] = np.zeros((layers, chunk.shape[0], hidden), dtype=np.float32)
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(None, feeds)
+    new_state = {n.removesuffix("_next"): v for n, v in zip(names[1:], values[1:], strict=True)}
+    return values[0], new_state

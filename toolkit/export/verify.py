@@ -35,13 +35,11 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
     per_step = manifest["output"]["per_step"]
     cases = [parity.padding_case(run_full, make_inputs, per_step, "CPUExecutionProvider")]
     if "step.onnx" in blobs:
-        from toolkit.export.exporter import run_step
-
         step = parity.session(blobs["step.onnx"], "CPUExecutionProvider")
         cases += parity.stream_cases(
             run_full,
-            lambda chunk, state: run_step(step, chunk, state),
-            lambda x: run_step(step, x, None)[1],
+            lambda chunk, state: parity.run_step(step, chunk, state),
+            lambda x: parity.run_step(step, x, None)[1],
             make_inputs,
             per_step,
             "CPUExecutionProvider",
