@@ -95,9 +95,12 @@ def _choice(values):
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (on).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to write (runs/latest).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+@click.option(
+    "--export/--no-export", "do_export", default=True, help="End with a verified ONNX bundle in OUT/bundle (on)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
 @user_errors
-def train(config_file, resume, progress, as_json, **flags):
+def train(config_file, resume, progress, do_export, as_json, **flags):
     """Train a recurrent model and write a run directory (checkpoint, config, vocabulary, labels)."""
     from toolkit.train.loop import train as run_training
 
@@ -136,5 +139,22 @@ def train(config_file, resume, progress, as_json, **flags):
         click.echo("sample from the best model:")
         click.echo("  " + result.sample.replace("\n", "\n  "))
     click.echo(f"run directory: {result.out} (checkpoint model.pt, config.json, spec.json, metrics.json)")
+    if do_export:
+        from toolkit.export.exporter import export
+
+        exported = export(result.out, result.out / "bundle")
+        parity = exported.report.summary()
+        summary["bundle"] = str(exported.out) if exported.written else None
+        summary["parity"] = parity
+        if not exported.report.passed:
+            click.echo(
+                f"error: parity failed ({parity['worst_case']}: {parity['max_abs']:.2e}); "
+                f"report {exported.report_path}",
+                err=True,
+            )
+            sys.exit(1)
+        click.echo(
+            f"bundle: {exported.out} ({parity['cases']} parity cases passed, max abs error {parity['max_abs']:.1e})"
+        )
     if as_json:
         click.echo(json.dumps(summary))

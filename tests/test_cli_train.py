@@ -150,6 +150,9 @@ def test_config_file_flags_json_summary_and_evaluate(tmp_path):
     assert config["model"]["cell"] == "gru" and config["model"]["hidden_size"] == 6 and config["train"]["epochs"] == 2
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "spec.json", "model.pt", "state.pt", "metrics.json", "vocab.json", "labels.json"} <= names
+    # --export is on by default: one command ends with a verified bundle
+    assert summary["bundle"] == str(out / "bundle") and summary["parity"]["passed"]
+    assert {"model.onnx", "step.onnx", "manifest.json", "parity.json"} <= {p.name for p in (out / "bundle").iterdir()}
     assert not [n for n in names if n.endswith(".tmp")]
 
     again = rnnkit("train", "--config", cfg, "--data", data, "--out", out)

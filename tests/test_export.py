@@ -188,3 +188,12 @@ def test_failed_parity_keeps_the_report_and_writes_no_bundle(tmp_path, monkeypat
     )
     with pytest.raises(BundleError):
         verify(tmp_path / "nowhere")
+
+
+def test_sample_file_joins_the_certificate(tmp_path):
+    run = trained_run(tmp_path, "regress")  # features in, one value per sequence out
+    sample = tmp_path / "train.jsonl"  # the user's own file (labels optional)
+    result = export(run, tmp_path / "bundle", sample=sample, seed=6)
+    case = [c for c in result.report.cases if c.name.startswith("sample file")]
+    print(case)
+    assert len(case) == 1 and case[0].passed and case[0].shapes["inputs"][0] == len(sample.read_text().splitlines())
