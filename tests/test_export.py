@@ -197,3 +197,40 @@ def test_sample_file_joins_the_certificate(tmp_path):
     case = [c for c in result.report.cases if c.name.startswith("sample file")]
     print(case)
     assert len(case) == 1 and case[0].passed and case[0].shapes["inputs"][0] == len(sample.read_text().splitlines())
+
+
+def test_interrupted_export_leaves_no_bundle_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import toolkit.export.bundle as bundle_module
+
+    run = trained_run(tmp_path, "classify", "gru")
+    out = tmp_path / "bundle"
+    export(run, out, seed=7)
+    before = (out / "manifest.json").read_bytes()
+    calls = []
+
+    def fsync_then_die(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # after the first file of the new bundle is on disk
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_module.os, "fsync", fsync_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        export(run, out, seed=8)
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    print("after the interrupted export:", sorted(p.name for p in out.iterdir()), "hidden leftovers:", leftovers)
+    assert (out / "manifest.json").read_bytes() == before  # the old bundle, whole
+    assert leftovers == []
+
+    fresh = tmp_path / "fresh"
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        export(run, fresh, seed=9)
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("opset", [17, 19])
+def test_other_opsets(tmp_path, opset):
+    run = trained_run(tmp_path, "tag", "lstm")
+    result = export(run, tmp_path / "bundle", opset=opset, seed=10)
+    print(opset, result.manifest["graphs"]["model.onnx"]["ir_version"], result.report.summary()["max_abs"])
+    assert result.report.passed and result.manifest["opset"] == opset
