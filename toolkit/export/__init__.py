@@ -1,0 +1,1 @@
+"""ONNX export: graphs built from trained weights, the parity certificate, bundles."""
