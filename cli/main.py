@@ -18,6 +18,7 @@ from cli.lazy import LazyGroup
         "evaluate": ("cli.evaluate", "evaluate"),
         "export": ("cli.export", "export"),
         "verify": ("cli.export", "verify"),
+        "stream": ("cli.stream", "stream"),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

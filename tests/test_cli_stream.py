@@ -1,0 +1,119 @@
+"""`rnnkit stream` through the real CLI: interleaved streams equal offline inference; bad lines
+get an error reply and nothing else is disturbed; bidirectional bundles are refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_export import trained_run
+from toolkit.export.exporter import export
+from toolkit.runtime.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stream(bundle, lines, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "stream", str(bundle), "--device", "cpu", *args],
+        cwd=ROOT,
+        input="".join(json.dumps(m) + "\n" if not isinstance(m, str) else m + "\n" for m in lines),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    made = {}
+    for name, task, bi in [("tag", "tag", False), ("series", "regress-step", False), ("bi", "tag", True)]:
+        d = tmp_path_factory.mktemp(name)
+        export(trained_run(d, task, "gru", bidirectional=bi), d / "bundle", seed=0)
+        made[name] = d / "bundle"
+    return made
+
+
+def test_interleaved_streams_equal_offline_inference(bundles):
+    engine = Engine(bundles["tag"], device="cpu")
+    vocab = engine.manifest["input"]["vocab"]
+    rng = np.random.default_rng(0)
+    texts = {
+        name: [vocab[i] for i in rng.integers(4, len(vocab), size=n)] for name, n in [("a", 40), ("b", 9), ("c", 77)]
+    }
+    pos = dict.fromkeys(texts, 0)
+    messages = []
+    while any(pos[k] < len(v) for k, v in texts.items()):
+        k = str(rng.choice([k for k in texts if pos[k] < len(texts[k])]))
+        size = int(rng.integers(1, 12))
+        messages.append({"stream": k, "tokens": texts[k][pos[k] : pos[k] + size]})
+        pos[k] += len(messages[-1]["tokens"])
+    messages += [{"stream": k, "end": True} for k in texts]
+    proc = stream(bundles["tag"], messages)
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(replies) == len(messages)
+    offline = engine.infer([np.array([vocab.index(t) for t in texts[k]]) for k in texts])
+    worst = 0.0
+    for k, want in zip(texts, offline, strict=True):
+        mine = [r for r in replies if r["stream"] == k and "outputs" in r]
+        assert [r["step"] for r in mine] == sorted(r["step"] for r in mine)
+        got = np.concatenate([np.array(r["outputs"]) for r in mine])
+        worst = max(worst, float(np.abs(got - want).max()))
+    ends = [r for r in replies if r.get("end")]
+    print(f"{len(messages)} messages; max |streamed - offline| {worst:.2e}; ends {ends}")
+    assert worst <= 1e-5  # replies are rounded to 6 decimals
+    assert {r["stream"]: r["steps"] for r in ends} == {k: len(v) for k, v in texts.items()}
+
+
+def test_bad_lines_are_answered_and_other_streams_go_on(bundles):
+    good = {"stream": "ok", "features": [[0.1, 0.2], [0.3, 0.4]]}
+    lines = [
+        good,
+        "{not json",
+        {"stream": "ok", "features": [[0.1, 0.2]], "extra": 1},
+        {"stream": "x", "features": [[0.1]]},
+        {"stream": "x", "features": [[0.1, float("nan")]]},
+        {"stream": "x", "tokens": ["a"]},
+        {"stream": "x", "features": [[0.0, 0.0]] * 5},
+        {"features": [[1.0, 2.0]]},
+        {"stream": "ok", "features": [[0.5, 0.6]]},
+    ]
+    proc = stream(bundles["series"], lines, "--max-chunk", "4")
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    for r in replies:
+        print(r if "error" in r else {"stream": r["stream"], "step": r["step"]})
+    assert proc.returncode == 1
+    errors = {r["line"]: r["error"] for r in replies if "error" in r}
+    assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8]
+    assert "malformed JSON" in errors[2] and "extra" in errors[3] and "2 numbers" in errors[4]
+    assert "finite" in errors[5] and "features" in errors[6] and "at most 4" in errors[7] and "stream" in errors[8]
+    ok = [r for r in replies if r.get("stream") == "ok"]
+    assert [r["step"] for r in ok] == [0, 2]  # the stream carried on past the bad lines
+    engine = Engine(bundles["series"], device="cpu")
+    offline = engine.infer([np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype=np.float32)])[0]
+    got = np.concatenate([np.array(r["outputs"]) for r in ok])
+    assert np.abs(got - offline).max() <= 1e-5
+
+
+def test_bidirectional_bundle_is_refused_with_a_pointer_to_infer(bundles):
+    proc = stream(bundles["bi"], [])
+    print(proc.stderr.strip())
+    assert proc.returncode == 2 and "bidirectional" in proc.stderr and "rnnkit infer" in proc.stderr
+
+
+def test_stream_command_imports_neither_torch_nor_mlflow(bundles):
+    code = (
+        "import sys; from click.testing import CliRunner; from cli.main import cli; "
+        f"r = CliRunner().invoke(cli, ['stream', {str(bundles['tag'])!r}, '--device', 'cpu'], "
+        'input=\'{"stream": "a", "end": true}\\n\'); assert r.exit_code == 0, r.output; '
+        "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    print("heavy modules after a stream session:", out.strip().splitlines()[-1])
+    assert out.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,108 @@
+"""Stream messages (one JSON object per line) -> validated model input, and outputs -> replies.
+
+    {"stream": "a", "tokens": ["h", "i"]}        a chunk of tokens
+    {"stream": "a", "features": [[0.1, 2.0]]}    a chunk of feature steps
+    {"stream": "a", "reset": true}               start the stream again from the initial state
+    {"stream": "a", "end": true}                 close the stream
+
+Every problem is a MessageError naming the field and what is accepted; the caller answers that
+line with an error object and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+FIELDS = {"stream", "tokens", "features", "reset", "end"}
+
+
+class MessageError(ValueError):
+    pass
+
+
+@dataclass
+class Message:
+    stream: str
+    kind: str  # "chunk" | "reset" | "end"
+    chunk: np.ndarray | None = None
+    unknown: int = 0  # tokens mapped to <unk>
+
+
+class Codec:
+    """Turns messages into model input with a bundle manifest's input spec."""
+
+    def __init__(self, manifest: dict, max_chunk: int = 4096):
+        self.input = manifest["input"]
+        self.output = manifest["output"]
+        self.max_chunk = max_chunk
+        if self.input["kind"] == "tokens":
+            self.index = {t: i for i, t in enumerate(self.input["vocab"])}
+
+    def parse(self, line: str) -> Message:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MessageError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise MessageError(f"a message must be a JSON object, got {type(obj).__name__}")
+        unknown = sorted(set(obj) - FIELDS)
+        if unknown:
+            raise MessageError(f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(FIELDS))}")
+        stream = obj.get("stream")
+        if not isinstance(stream, str) or not stream:
+            raise MessageError('"stream" must be a non-empty string naming the stream')
+        kinds = [k for k in ("tokens", "features", "reset", "end") if k in obj]
+        if len(kinds) != 1:
+            raise MessageError('give exactly one of "tokens", "features", "reset": true or "end": true')
+        kind = kinds[0]
+        if kind in ("reset", "end"):
+            if obj[kind] is not True:
+                raise MessageError(f'"{kind}" must be true')
+            return Message(stream, kind)
+        if kind != ("tokens" if self.input["kind"] == "tokens" else "features"):
+            raise MessageError(f'this model takes "{self.input["kind"]}", not "{kind}"')
+        values = obj[kind]
+        if not isinstance(values, list) or not values:
+            raise MessageError(f'"{kind}" must be a non-empty list of steps')
+        if len(values) > self.max_chunk:
+            raise MessageError(f'"{kind}" has {len(values)} steps; at most {self.max_chunk} per message')
+        if kind == "tokens":
+            return self._tokens(stream, values)
+        return Message(stream, "chunk", self._features(values))
+
+    def _tokens(self, stream: str, tokens: list) -> Message:
+        if not all(isinstance(t, str) for t in tokens):
+            raise MessageError('"tokens" must be a list of strings')
+        if self.input.get("lowercase"):
+            tokens = [t.lower() for t in tokens]
+        ids = np.fromiter((self.index.get(t, 1) for t in tokens), dtype=np.int64, count=len(tokens))
+        return Message(stream, "chunk", ids, unknown=sum(1 for t in tokens if t not in self.index))
+
+    def _features(self, steps: list) -> np.ndarray:
+        width = self.input["num_features"]
+        for i, step in enumerate(steps, start=1):
+            if not isinstance(step, list) or len(step) != width:
+                got = len(step) if isinstance(step, list) else type(step).__name__
+                raise MessageError(f"step {i} must be a list of {width} numbers, got {got}")
+            for j, v in enumerate(step, start=1):
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise MessageError(f"step {i}, feature {j}: expected a number, got {v!r}")
+                if not math.isfinite(v):
+                    raise MessageError(f"step {i}, feature {j}: {v} is not a finite number")
+        return np.asarray(steps, dtype=np.float32)
+
+    def reply(self, stream: str, start: int, outputs: np.ndarray, unknown: int = 0) -> dict:
+        """Per-step outputs of one chunk: logits/values, and predicted labels or tokens."""
+        out: dict = {"stream": stream, "step": start, "outputs": np.round(outputs, 6).tolist()}
+        labels = self.output.get("labels")
+        if labels is not None:
+            out["predictions"] = [labels[i] for i in outputs.argmax(-1)]
+        elif self.output["name"] == "logits":  # lm: the most likely next token
+            out["predictions"] = [self.input["vocab"][i] for i in outputs.argmax(-1)]
+        if unknown:
+            out["unknown_tokens"] = unknown
+        return out
