@@ -19,6 +19,7 @@ from cli.lazy import LazyGroup
         "export": ("cli.export", "export"),
         "verify": ("cli.export", "verify"),
         "stream": ("cli.stream", "stream"),
+        "infer": ("cli.infer", "infer"),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

@@ -117,3 +117,50 @@ def test_stream_command_imports_neither_torch_nor_mlflow(bundles):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     print("heavy modules after a stream session:", out.strip().splitlines()[-1])
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_infer_on_real_data_agrees_with_torch_evaluate(tmp_path):
+    """`rnnkit infer` (ONNX Runtime, no torch) scores the JapaneseVowels TEST split exactly as
+    `rnnkit evaluate` (torch) does, and writes one result per sequence in input order."""
+    from toolkit.data import example_path
+    from toolkit.errors import DataError
+
+    try:
+        train_file, test_file = example_path("JapaneseVowels_TRAIN.ts"), example_path("JapaneseVowels_TEST.ts")
+    except DataError as e:
+        pytest.skip(str(e))
+
+    def rnnkit(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+
+    run = tmp_path / "jv"
+    args = ["--task", "classify", "--data", train_file, "--cell", "lstm", "--bidirectional", "--hidden-size", "16"]
+    trained = rnnkit("train", *args, "--epochs", "3", "--out", run, "--device", "cpu", "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    torch_side = json.loads(rnnkit("evaluate", run, "--data", test_file, "--json").stdout)
+    code = (
+        "import sys; from click.testing import CliRunner; from cli.main import cli; "
+        "r = CliRunner().invoke(cli, ['infer', sys.argv[1], '--input', sys.argv[2], '--output', sys.argv[3], "
+        "'--device', 'cpu', '--json']); assert r.exit_code == 0, r.output; print(r.output.strip()); "
+        "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    )
+    out_file = tmp_path / "predictions.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(run / "bundle"), str(test_file), str(out_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary_line, heavy = proc.stdout.strip().splitlines()[-2:]
+    onnx_side = json.loads(summary_line)["metrics"]
+    print(
+        f"accuracy: torch {torch_side['accuracy']:.4f}, onnxruntime {onnx_side['accuracy']:.4f}; heavy modules {heavy}"
+    )
+    assert onnx_side["accuracy"] == pytest.approx(torch_side["accuracy"], abs=1e-12)
+    assert heavy == "[]"
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(370)) and all(r["prediction"] in "123456789" for r in rows)

@@ -1,0 +1,42 @@
+"""`rnnkit infer`: full-sequence batch inference on a file. ONNX Runtime and NumPy only."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import click
+
+from cli.main import user_errors
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--input", "input_path", required=True, help="Data file in a training format (labels optional).")
+@click.option("--output", "output_path", required=True, help="JSON Lines to write: one result per sequence.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--allow-unverified", is_flag=True, help="Run a bundle whose parity check failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@user_errors
+def infer(bundle, input_path, output_path, batch_size, device, threads, allow_unverified, as_json):
+    """Run BUNDLE on every sequence of a file (bidirectional models included); metrics if labelled."""
+    from toolkit.runtime.engine import Engine
+    from toolkit.runtime.infer import infer_file
+
+    engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
+    results, metrics = infer_file(engine, input_path, batch_size=batch_size)
+    directory = os.path.dirname(os.path.abspath(output_path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".infer.", suffix=".tmp")  # atomic: no half-written output
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in results)
+    os.replace(tmp, output_path)
+    summary = {"sequences": len(results), "output": output_path, "provider": engine.provider, "metrics": metrics}
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"{len(results)} sequences -> {output_path} ({engine.provider})")
+    for key, value in (metrics or {}).items():
+        click.echo(f"  {key:<16} {value:.4f}")

@@ -1,0 +1,77 @@
+"""Batch inference over a data file in the training formats, with metrics when it is labelled.
+
+NumPy and ONNX Runtime only: the readers (toolkit.data) and metrics (toolkit.train.metrics)
+import no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from toolkit.config import Config
+from toolkit.data import InputSpec, OutputSpec, SequenceDataset, Vocabulary, load_file
+from toolkit.runtime.engine import Engine
+from toolkit.train.metrics import metrics_for
+
+
+def specs(manifest: dict) -> tuple[Config, InputSpec, OutputSpec]:
+    """The config and specs a bundle was trained with, rebuilt from its manifest."""
+    inp, out = manifest["input"], manifest["output"]
+    config = Config(task=manifest["task"])
+    config.data.level = inp.get("level", "char")
+    config.data.lowercase = bool(inp.get("lowercase", False))
+    if inp["kind"] == "tokens":
+        input_spec = InputSpec("tokens", vocab=Vocabulary(inp["vocab"]))
+    else:
+        input_spec = InputSpec("features", num_features=inp["num_features"], mean=inp["mean"], std=inp["std"])
+    fields = ("labels", "num_targets", "per_step", "target_mean", "target_std")
+    output_spec = OutputSpec(manifest["task"], **{k: out[k] for k in fields if k in out})
+    return config, input_spec, output_spec
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def infer_file(engine: Engine, path: str, batch_size: int = 64) -> tuple[list[dict], dict | None]:
+    """One result per input sequence (in input order) and the task metrics if every input is labelled."""
+    config, input_spec, output_spec = specs(engine.manifest)
+    data = load_file(path, config, input_spec, output_spec, require_target=False)
+    if isinstance(data, SequenceDataset):
+        inputs = [e.inputs for e in data.examples]
+        targets = [e.target for e in data.examples]
+    else:  # a text or csv stream: one long sequence
+        inputs, targets = [data.inputs], [data.targets]
+    outputs = engine.infer(inputs, batch_size=batch_size)
+    labels = output_spec.labels
+    results = []
+    for i, y in enumerate(outputs):
+        if config.task == "regress":
+            results.append({"index": i, "values": np.round(y, 6).tolist()})
+        elif config.task == "classify":
+            p = softmax(y)
+            results.append({"index": i, "prediction": labels[int(p.argmax())], "scores": np.round(p, 6).tolist()})
+        else:
+            vocab = labels if config.task == "tag" else input_spec.vocab.tokens
+            results.append({"index": i, "predictions": [vocab[j] for j in y.argmax(-1)]})
+    labelled = all(t is not None for t in targets)
+    return results, (_metrics(config, output_spec, outputs, targets) if labelled else None)
+
+
+def _metrics(config: Config, output_spec: OutputSpec, outputs: list, targets: list) -> dict:
+    metrics = metrics_for(config.task, output_spec.labels, config.data.level)
+    for y, t in zip(outputs, targets, strict=True):
+        if config.task == "classify":
+            metrics.update(np.array([y.argmax()]), np.array([t]))
+        elif config.task == "tag":
+            metrics.update(y.argmax(-1)[None], np.asarray(t)[None], np.array([len(t)]))
+        elif config.task == "lm":
+            keep = np.asarray(t) >= 0  # the last position of a stream has no next token
+            logp = np.log(softmax(y[keep].astype(np.float64)))
+            metrics.update(float(-logp[np.arange(keep.sum()), np.asarray(t)[keep]].sum()), int(keep.sum()))
+        else:
+            t = np.asarray(t, dtype=np.float64)
+            mask = np.isfinite(t).all(-1) if t.ndim > 1 else None
+            metrics.update(y[None], t[None], mask[None] if mask is not None else None)
+    return metrics.compute()
