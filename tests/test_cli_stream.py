@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_export import trained_run
-from toolkit.export.exporter import export
+from tests.test_export import exported_bundles
 from toolkit.runtime.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +30,9 @@ def stream(bundle, lines, *args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    made = {}
-    for name, task, bi in [("tag", "tag", False), ("series", "regress-step", False), ("bi", "tag", True)]:
-        d = tmp_path_factory.mktemp(name)
-        export(trained_run(d, task, "gru", bidirectional=bi), d / "bundle", seed=0)
-        made[name] = d / "bundle"
-    return made
+    return exported_bundles(
+        tmp_path_factory, "gru", [("tag", "tag", False), ("series", "regress-step", False), ("bi", "tag", True)]
+    )
 
 
 def test_interleaved_streams_equal_offline_inference(bundles):

@@ -28,6 +28,16 @@ def trained_run(tmp_path, task, cell="lstm", nonlinearity="tanh", bidirectional=
     return Path(cfg.train.out)
 
 
+def exported_bundles(tmp_path_factory, cell: str, specs: list[tuple[str, str, bool]]) -> dict[str, Path]:
+    """Train (one epoch) and export one bundle per (name, task, bidirectional)."""
+    made = {}
+    for name, task, bidirectional in specs:
+        d = tmp_path_factory.mktemp(name)
+        export(trained_run(d, task, cell, bidirectional=bidirectional), d / "bundle", seed=0)
+        made[name] = d / "bundle"
+    return made
+
+
 def rnnkit(*args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_export import trained_run
+from tests.test_export import exported_bundles
 from toolkit.export.bundle import BundleError
-from toolkit.export.exporter import export
 from toolkit.runtime.engine import Engine
 from toolkit.runtime.providers import DeviceError, make_session
 
@@ -29,12 +28,11 @@ def test_runtime_imports_neither_torch_nor_mlflow():
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    made = {}
-    for name, task, bi in [("bi-tag", "tag", True), ("uni-tag", "tag", False), ("uni-classify", "classify", False)]:
-        d = tmp_path_factory.mktemp(name)
-        export(trained_run(d, task, "lstm", bidirectional=bi), d / "bundle", seed=0)
-        made[name] = d / "bundle"
-    return made
+    return exported_bundles(
+        tmp_path_factory,
+        "lstm",
+        [("bi-tag", "tag", True), ("uni-tag", "tag", False), ("uni-classify", "classify", False)],
+    )
 
 
 def sequences(engine, lengths, seed=0):
