@@ -90,7 +90,7 @@ def test_bundle_runs_without_torch_or_the_run_directory(tmp_path):
 def test_step_graph_refused_for_bidirectional_with_reason():
     from tests.test_models import make_model
     from toolkit.config import ModelConfig
-    from toolkit.export.builder import build_step_graph
+    from toolkit.export.graph import build_step_graph
     from toolkit.models.model import SequenceModel
 
     model = make_model("tag", bidirectional=True)

@@ -12,8 +12,8 @@ import onnx
 import torch
 
 from toolkit.export import parity
-from toolkit.export.builder import build_full_graph, build_step_graph, state_spec
 from toolkit.export.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
+from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
 from toolkit.train.checkpoint import load_model
 
 

@@ -1,0 +1,486 @@
+"""ONNX graphs of a trained SequenceModel, built node by node from its weights with onnx.helper.
+
+Why by hand rather than torch.onnx: each recurrent layer becomes one native ONNX RNN/LSTM/GRU
+operator (what ONNX Runtime runs fastest) with `sequence_lens` for padded batches, time-major
+`layout=0` (onnxruntime rejects layout=1) and GRU `linear_before_reset=1` (what torch computes);
+the batch and time axes are symbolic by construction. torch.onnx cannot export
+pack_padded_sequence, and its dynamo path has frozen the time axis of nn.RNN and mis-set the GRU
+reset (FIELD-NOTES). Parity tests (tests/test_export_graph.py) prove the graphs compute what
+torch computes.
+
+Two graphs (names of inputs and outputs are the bundle's contract with the runtime):
+
+- `model.onnx` (`build_full_graph`), any model:
+  `tokens` int64 [batch, time] | `features` float32 [batch, time, F], `lengths` int64 [batch]
+  -> `logits` | `values`: [batch, K] (classify, per-sequence regress) or [batch, time, K].
+  Each sequence b uses steps 0..lengths[b]-1 only; padding never reaches a real position, in
+  either direction (the backward direction starts at each sequence's own last step). Every
+  length must lie in 1..time (onnxruntime refuses 0).
+- `step.onnx` (`build_step_graph`), unidirectional models only:
+  chunk (`tokens` [batch, chunk] | `features` [batch, chunk, F]), `h` [L, batch, H]
+  (+ `c` for LSTM) -> per-step `logits` | `values` [batch, chunk, K], `h_next` (+ `c_next`).
+  Per-sequence heads (classify, regress) give at every step the prediction for the sequence
+  ending there, i.e. what `model.onnx` returns for that prefix. Zeros are the initial state.
+
+Graph structure (full graph; the step graph is the same without `sequence_lens` and with the
+initial states sliced from `h`/`c`):
+
+    tokens -> Gather(embedding) | features -> Sub(mean) -> Div(std)       [B, T, I]
+    -> Transpose -> [T, B, I]
+    -> per layer i: RNN|LSTM|GRU(W, R, B, sequence_lens=Cast(lengths, int32)) -> Y [T, D, B, H]
+       -> Squeeze (one direction) | Transpose+Reshape [T, B, 2H] (concat) | ReduceSum (sum)
+       -> Add(layer input) when residual and i > 0
+    -> per-step head: Transpose -> [B, T, W] -> MatMul + Add (-> Mul(std) + Add(mean) for regress)
+    -> per-sequence head: pooled = GatherND(top output, max(lengths-1, 0), batch_dims=1) (one direction)
+       or the top node's Y_h, directions concatenated or summed (two) -> MatMul + Add (...)
+
+Dropout is the identity at inference and has no node. Weights are stored as float32.
+
+NumPy and onnx only (no torch): weights come in as a dict of numpy arrays keyed like the torch
+state_dict, e.g. `{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from toolkit.config import ModelConfig
+from toolkit.data.types import InputSpec, OutputSpec
+from toolkit.errors import RnnkitError
+from toolkit.models.reference import GATES, gru_to_onnx, lstm_to_onnx, rnn_to_onnx
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "ExportGraphError",
+    "StepGraphError",
+    "build_full_graph",
+    "build_step_graph",
+    "state_spec",
+]
+
+DEFAULT_OPSET = 17
+#: The RNN operators' `layout` attribute (and Squeeze/ReduceSum taking axes as inputs) need 14.
+MIN_OPSET = 14
+
+_TO_ONNX = {"rnn": rnn_to_onnx, "lstm": lstm_to_onnx, "gru": gru_to_onnx}
+_OP_TYPE = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+_TASKS = ("classify", "tag", "lm", "regress")
+
+
+class ExportGraphError(RnnkitError, ValueError):
+    """The weights, config or specs cannot be turned into a graph (says which and why)."""
+
+    exit_code = 2
+
+
+class StepGraphError(ExportGraphError):
+    """A step graph was asked of a model that cannot be streamed (a bidirectional one)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def build_full_graph(
+    weights: Mapping[str, np.ndarray],
+    cfg: ModelConfig,
+    input_spec: InputSpec,
+    output_spec: OutputSpec,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """`model.onnx`: whole padded sequences with per-sequence `lengths`, dynamic batch and time."""
+    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset)
+    g = _GraphBuilder()
+    x = _input_layer(g, plan, weights)
+    x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
+    seq = g.one("Cast", ["lengths"], "sequence_lens", to=TensorProto.INT32)
+    top, finals = _encoder(g, plan, weights, x, seq, state=None)
+
+    if plan.per_step:
+        y = _head(g, plan, weights, g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2]))
+        out_dims = ["batch", "time", plan.head_size]
+    else:
+        y = _head(g, plan, weights, _pool(g, plan, top, finals[-1][0]))
+        out_dims = ["batch", plan.head_size]
+
+    inputs = [
+        _input_info(plan, "time"),
+        helper.make_tensor_value_info(
+            "lengths", TensorProto.INT64, ["batch"], doc_string="real steps per sequence, each in 1..time"
+        ),
+    ]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, out_dims, doc_string=plan.output_doc)]
+    doc = (
+        f"rnnkit {plan.describe}: whole sequences. Padded positions (t >= lengths[b]) never change a real "
+        "position's output, in either direction."
+    )
+    return _finish(g, plan, "rnnkit_model", inputs, outputs, doc)
+
+
+def build_step_graph(
+    weights: Mapping[str, np.ndarray],
+    cfg: ModelConfig,
+    input_spec: InputSpec,
+    output_spec: OutputSpec,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """`step.onnx`: one chunk of a stream (any length >= 1) with the recurrent state carried."""
+    if cfg.bidirectional:
+        raise StepGraphError(
+            "no step graph for a bidirectional model: its backward direction reads each sequence from its "
+            "end, so no output is final until the whole sequence has arrived (the model sees the future) "
+            "and it cannot be streamed. Stream a unidirectional model (bidirectional: false), or run this "
+            "one on whole sequences with model.onnx."
+        )
+    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset)
+    g = _GraphBuilder()
+    x = _input_layer(g, plan, weights)
+    x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
+    names = [spec["name"] for spec in state_spec(cfg)]
+    top, finals = _encoder(g, plan, weights, x, seq="", state=names)
+    y = _head(g, plan, weights, g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2]))
+
+    state_dims = [cfg.num_layers, "batch", cfg.hidden_size]
+    inputs = [_input_info(plan, "chunk")]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, state_dims, doc_string=_STATE_DOC[n]) for n in names]
+    outputs = [
+        helper.make_tensor_value_info(
+            y, TensorProto.FLOAT, ["batch", "chunk", plan.head_size], doc_string=plan.step_doc
+        )
+    ]
+    for k, n in enumerate(names):
+        # Y_h / Y_c of every layer, [1, B, H] each, stacked to [L, B, H].
+        new = g.one("Concat", [f[k] for f in finals], f"{n}_next", axis=0)
+        outputs.append(
+            helper.make_tensor_value_info(new, TensorProto.FLOAT, state_dims, doc_string=f"{n} after the chunk")
+        )
+    doc = (
+        f"rnnkit {plan.describe}: one chunk of a stream, state carried between calls (start from zeros). "
+        "Any chunking of a stream gives the outputs of model.onnx on the whole sequence."
+    )
+    return _finish(g, plan, "rnnkit_step", inputs, outputs, doc)
+
+
+def state_spec(cfg: ModelConfig) -> list[dict]:
+    """The step graph's state tensors, in the order of its inputs (after the chunk) and of its
+    outputs (after the per-step predictions), for the manifest. Zeros is the trained initial state."""
+    names = ["h", "c"] if cfg.cell == "lstm" else ["h"]
+    shape = [cfg.num_layers, "batch", cfg.hidden_size]
+    return [
+        {"name": n, "output": f"{n}_next", "shape": list(shape), "dtype": "float32", "initial": "zeros"} for n in names
+    ]
+
+
+_STATE_DOC = {
+    "h": "hidden state per layer [num_layers, batch, hidden_size]; zeros to start a stream",
+    "c": "LSTM cell state per layer [num_layers, batch, hidden_size]; zeros to start a stream",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# What to build: checked facts derived from config, specs and weights
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    cfg: ModelConfig
+    task: str
+    tokens: bool
+    per_step: bool
+    num_features: int | None
+    head_size: int
+    opset: int
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.cfg.bidirectional else 1
+
+    @property
+    def output_name(self) -> str:
+        return "values" if self.task == "regress" else "logits"
+
+    @property
+    def describe(self) -> str:
+        cfg = self.cfg
+        cell = f"rnn-{cfg.nonlinearity}" if cfg.cell == "rnn" else cfg.cell
+        kind = "bidirectional" if cfg.bidirectional else "unidirectional"
+        extra = f", merge={cfg.merge}" if cfg.bidirectional else ""
+        extra += ", residual" if cfg.residual and cfg.num_layers > 1 else ""
+        return (
+            f"{self.task} model ({'tokens' if self.tokens else 'features'} in), {kind} {cell}, "
+            f"{cfg.num_layers} layer(s) x hidden_size {cfg.hidden_size}{extra}"
+        )
+
+    @property
+    def output_doc(self) -> str:
+        what = "raw-unit regression values" if self.task == "regress" else f"{self.task} logits"
+        return f"{what}, {'one row per step' if self.per_step else 'one row per sequence'}"
+
+    @property
+    def step_doc(self) -> str:
+        if self.per_step:
+            return self.output_doc
+        what = "regression values" if self.task == "regress" else "class logits"
+        return f"{what} for the sequence ending at each step of the chunk"
+
+    @classmethod
+    def make(cls, weights, cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec, opset: int) -> _Plan:
+        max_opset = onnx.defs.onnx_opset_version()
+        if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
+            raise ExportGraphError(f"opset must be an integer in {MIN_OPSET}..{max_opset}, got {opset!r}")
+        cfg.validate()
+        task = output_spec.task
+        if task not in _TASKS:
+            raise ExportGraphError(f"output_spec.task must be one of {', '.join(_TASKS)}; got {task!r}")
+        if input_spec.kind not in ("tokens", "features"):
+            raise ExportGraphError(f"input_spec.kind must be 'tokens' or 'features'; got {input_spec.kind!r}")
+        tokens = input_spec.kind == "tokens"
+        if task == "lm" and not tokens:
+            raise ExportGraphError("an lm model reads tokens, but input_spec.kind is 'features'")
+
+        plan_words = f"{task}, {input_spec.kind}, {cfg.cell} x{cfg.num_layers}"
+        plan_words += ", bidirectional" if cfg.bidirectional else ""
+
+        def get(name: str, required: bool = True) -> np.ndarray | None:
+            if name not in weights:
+                if not required:
+                    return None
+                raise ExportGraphError(
+                    f"weights has no {name!r}: expected the SequenceModel's state_dict as numpy arrays "
+                    f"(a {plan_words} model); keys present: {', '.join(sorted(weights)) or 'none'}"
+                )
+            return np.asarray(weights[name])
+
+        def expect(name: str, shape: tuple, required: bool = True) -> None:
+            array = get(name, required)
+            if array is None:
+                return
+            if array.shape != shape:
+                raise ExportGraphError(f"weights[{name!r}] has shape {array.shape}, expected {shape} ({plan_words})")
+            if not np.issubdtype(array.dtype, np.floating):
+                raise ExportGraphError(f"weights[{name!r}] has dtype {array.dtype}, expected floating point")
+
+        num_features = None
+        if tokens:
+            emb = get("embedding.weight")
+            expect("embedding.weight", (emb.shape[0], cfg.embedding_dim))
+            input_size = cfg.embedding_dim
+            vocab = input_spec.vocab
+            if vocab is not None and len(vocab) != emb.shape[0]:
+                raise ExportGraphError(
+                    f"the vocabulary has {len(vocab)} tokens but weights['embedding.weight'] has {emb.shape[0]} rows"
+                )
+        else:
+            num_features = int(get("feature_mean").shape[0])
+            if input_spec.num_features is not None and int(input_spec.num_features) != num_features:
+                raise ExportGraphError(
+                    f"input_spec.num_features is {input_spec.num_features} but weights['feature_mean'] "
+                    f"has {num_features} values"
+                )
+            expect("feature_mean", (num_features,))
+            expect("feature_std", (num_features,))
+            input_size = num_features
+
+        gates, hidden = GATES[cfg.cell], cfg.hidden_size
+        suffixes = ["", "_reverse"] if cfg.bidirectional else [""]
+        for i in range(cfg.num_layers):
+            width = input_size if i == 0 else cfg.output_size
+            for s in suffixes:
+                p = f"encoder.layers.{i}."
+                expect(f"{p}weight_ih_l0{s}", (gates * hidden, width))
+                expect(f"{p}weight_hh_l0{s}", (gates * hidden, hidden))
+                expect(f"{p}bias_ih_l0{s}", (gates * hidden,), required=False)
+                expect(f"{p}bias_hh_l0{s}", (gates * hidden,), required=False)
+        extra = sorted(k for k in weights if k.startswith(f"encoder.layers.{cfg.num_layers}."))
+        if extra:
+            raise ExportGraphError(f"weights hold more layers than num_layers={cfg.num_layers}: {extra[0]}, ...")
+
+        head = get("head.weight")
+        head_size = int(head.shape[0])
+        expect("head.weight", (head_size, cfg.output_size))
+        expect("head.bias", (head_size,))
+        if task == "regress":
+            expect("target_mean", (head_size,))
+            expect("target_std", (head_size,))
+        per_step = task in ("tag", "lm") or (task == "regress" and bool(output_spec.per_step))
+        return cls(cfg, task, tokens, per_step, num_features, head_size, opset)
+
+
+# --------------------------------------------------------------------------------------------
+# Graph pieces
+# --------------------------------------------------------------------------------------------
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers; each node is named after its (first) output."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+
+    def _claim(self, name: str) -> str:
+        if name in self._names:
+            raise AssertionError(f"duplicate value name {name!r} in the graph being built")
+        self._names.add(name)
+        return name
+
+    def const(self, name: str, value, dtype=None) -> str:
+        array = np.asarray(value, dtype=dtype)
+        if np.issubdtype(array.dtype, np.floating):
+            array = array.astype(np.float32)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), self._claim(name)))
+        return name
+
+    def ints(self, name: str, values) -> str:
+        return self.const(name, np.asarray(values, dtype=np.int64))
+
+    def op(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> list[str]:
+        for out in outputs:
+            self._claim(out)
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{outputs[0]}/{op_type}", **attrs))
+        return outputs
+
+    def one(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
+        return self.op(op_type, inputs, [output], **attrs)[0]
+
+
+def _input_info(plan: _Plan, time: str) -> onnx.ValueInfoProto:
+    if plan.tokens:
+        return helper.make_tensor_value_info(
+            "tokens", TensorProto.INT64, ["batch", time], doc_string="token ids; padding beyond lengths is ignored"
+        )
+    return helper.make_tensor_value_info(
+        "features",
+        TensorProto.FLOAT,
+        ["batch", time, plan.num_features],
+        doc_string="raw feature values (the graph normalises them); padding beyond lengths is ignored",
+    )
+
+
+def _input_layer(g: _GraphBuilder, plan: _Plan, weights) -> str:
+    """Input -> [B, T, I]: embedding lookup, or (x - mean) / std as in training."""
+    if plan.tokens:
+        return g.one("Gather", [g.const("embedding.weight", weights["embedding.weight"]), "tokens"], "embedded")
+    centred = g.one("Sub", ["features", g.const("feature_mean", weights["feature_mean"])], "features_centred")
+    return g.one("Div", [centred, g.const("feature_std", weights["feature_std"])], "normalised")
+
+
+def _layer_weights(g: _GraphBuilder, plan: _Plan, weights, i: int) -> list[str]:
+    """ONNX W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] of layer i (ONNX gate order)."""
+    p = f"encoder.layers.{i}."
+    per_direction = []
+    for s in ["", "_reverse"][: plan.directions]:
+        names = (f"{p}weight_ih_l0{s}", f"{p}weight_hh_l0{s}", f"{p}bias_ih_l0{s}", f"{p}bias_hh_l0{s}")
+        arrays = [np.asarray(weights[n], dtype=np.float64) if n in weights else None for n in names]
+        per_direction.append(_TO_ONNX[plan.cfg.cell](*arrays))
+    return [g.const(f"layer{i}.{n}", np.stack([d[k] for d in per_direction])) for k, n in enumerate("WRB")]
+
+
+def _encoder(g: _GraphBuilder, plan: _Plan, weights, x: str, seq: str, state: list[str] | None):
+    """The stack over time-major x [T, B, I]. Returns (top output [T, B, W], per layer [Y_h(, Y_c)])."""
+    cfg = plan.cfg
+    initial: list[list[str]] = [[] for _ in range(cfg.num_layers)]
+    for n in state or []:  # step graph: layer i starts from h[i:i+1] (and c[i:i+1])
+        if cfg.num_layers == 1:
+            initial[0].append(n)
+        else:
+            split = g.ints(f"{n}_split", [1] * cfg.num_layers)
+            parts = g.op("Split", [n, split], [f"layer{i}.{n}0" for i in range(cfg.num_layers)], axis=0)
+            for i, part in enumerate(parts):
+                initial[i].append(part)
+
+    attrs: dict = {"hidden_size": cfg.hidden_size, "direction": "bidirectional" if cfg.bidirectional else "forward"}
+    attrs["layout"] = 0
+    if cfg.cell == "gru":
+        attrs["linear_before_reset"] = 1  # torch: r * (W_hn h + b_hn)
+    if cfg.cell == "rnn":
+        attrs["activations"] = ["Relu" if cfg.nonlinearity == "relu" else "Tanh"] * plan.directions
+
+    finals = []
+    for i in range(cfg.num_layers):
+        inputs = [x, *_layer_weights(g, plan, weights, i), seq, *initial[i]]
+        while inputs[-1] == "":  # trailing optional inputs left out
+            inputs.pop()
+        outs = [f"layer{i}.Y", f"layer{i}.Y_h"] + ([f"layer{i}.Y_c"] if cfg.cell == "lstm" else [])
+        outs = g.op(_OP_TYPE[cfg.cell], inputs, outs, **attrs)
+        out = _merge(g, plan, outs[0], i)
+        if cfg.residual and i > 0:  # layers after the first read and write output_size: widths match
+            out = g.one("Add", [out, x], f"layer{i}.residual")
+        finals.append(outs[1:])
+        x = out
+    return x, finals
+
+
+def _merge(g: _GraphBuilder, plan: _Plan, y: str, i: int) -> str:
+    """ONNX Y [T, D, B, H] -> [T, B, H] (one direction, or sum) or [T, B, 2H] (concat: forward, backward)."""
+    if plan.directions == 1:
+        return g.one("Squeeze", [y, g.ints(f"layer{i}.axis1", [1])], f"layer{i}.out")
+    if plan.cfg.merge == "sum":
+        return g.one("ReduceSum", [y, g.ints(f"layer{i}.axis1", [1])], f"layer{i}.out", keepdims=0)
+    tbdh = g.one("Transpose", [y], f"layer{i}.Y_tbdh", perm=[0, 2, 1, 3])
+    return g.one("Reshape", [tbdh, g.ints(f"layer{i}.shape_tb_", [0, 0, -1])], f"layer{i}.out")
+
+
+def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str) -> str:
+    """Many-to-one summary [B, W], as torch's encoder computes it."""
+    if plan.directions == 2:
+        # Y_h [2, B, H]: forward state after each sequence's last real step, backward after step 0.
+        if plan.cfg.merge == "sum":
+            return g.one("ReduceSum", [top_h, g.ints("pool.axis0", [0])], "pooled", keepdims=0)
+        bdh = g.one("Transpose", [top_h], "pool.Y_h_bdh", perm=[1, 0, 2])
+        return g.one("Reshape", [bdh, g.ints("pool.shape_b_", [0, -1])], "pooled")
+    # Top output (residual included) at each sequence's last real step lengths-1.
+    top_bm = g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2])
+    # Clamped at 0 as in torch: GatherND would wrap index -1 round to the last (padded) step.
+    last = g.one("Sub", ["lengths", g.ints("one", 1)], "last_step_unclamped")
+    last = g.one("Max", [last, g.ints("zero", 0)], "last_step")
+    index = g.one("Unsqueeze", [last, g.ints("pool.axis1", [1])], "last_step_index")
+    return g.one("GatherND", [top_bm, index], "pooled", batch_dims=1)
+
+
+def _head(g: _GraphBuilder, plan: _Plan, weights, x: str) -> str:
+    """Linear head on the last axis, then raw units for regression. Output named for the bundle."""
+    w = g.const("head.weight_t", np.asarray(weights["head.weight"]).T)
+    y = g.one("MatMul", [x, w], "head.matmul")
+    if plan.task != "regress":
+        return g.one("Add", [y, g.const("head.bias", weights["head.bias"])], plan.output_name)
+    y = g.one("Add", [y, g.const("head.bias", weights["head.bias"])], "values_normalised")
+    y = g.one("Mul", [y, g.const("target_std", weights["target_std"])], "values_scaled")
+    return g.one("Add", [y, g.const("target_mean", weights["target_mean"])], plan.output_name)
+
+
+def _finish(g: _GraphBuilder, plan: _Plan, name: str, inputs, outputs, doc: str) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers, doc_string=doc)
+    opsets = [helper.make_opsetid("", plan.opset)]
+    # Explicit, minimal IR version: onnx 1.23 would write 14, which onnxruntime-gpu 1.31 refuses.
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        ir_version=helper.find_min_ir_version_for(opsets),
+        producer_name="rnnkit",
+        doc_string=doc,
+    )
+    cfg = plan.cfg
+    helper.set_model_props(
+        model,
+        {
+            "rnnkit.task": plan.task,
+            "rnnkit.cell": cfg.cell,
+            "rnnkit.nonlinearity": cfg.nonlinearity if cfg.cell == "rnn" else "",
+            "rnnkit.num_layers": str(cfg.num_layers),
+            "rnnkit.hidden_size": str(cfg.hidden_size),
+            "rnnkit.bidirectional": str(cfg.bidirectional).lower(),
+            "rnnkit.per_step": str(plan.per_step).lower(),
+        },
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
