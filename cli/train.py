@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from cli.main import user_errors
 from toolkit.config import CELLS, DEVICES, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, Config
+from toolkit.errors import ConfigError
 
 # flag name -> (config section, key); None section = top level
 FLAGS = {
@@ -105,6 +107,8 @@ def train(config_file, resume, progress, do_export, as_json, **flags):
     from toolkit.train.loop import train as run_training
 
     if resume:
+        if not Path(resume, "config.json").is_file():
+            raise ConfigError(f"{resume} holds no training run to resume (no config.json); start one with --out")
         config = Config.load(f"{resume}/config.json")
         config.train.out = resume
         unexpected = [k for k, v in flags.items() if v is not None and k != "epochs"]
@@ -125,11 +129,14 @@ def train(config_file, resume, progress, do_export, as_json, **flags):
     try:
         result = run_training(config, resume=bool(resume), progress=progress)
     except KeyboardInterrupt:
-        click.echo(
-            f"\ninterrupted: {config.train.out} holds the last completed epoch; "
-            f"continue with: rnnkit train --resume {config.train.out}",
-            err=True,
-        )
+        if Path(config.train.out, "state.pt").is_file():
+            hint = (
+                f"{config.train.out} holds the last completed epoch; "
+                f"continue with: rnnkit train --resume {config.train.out}"
+            )
+        else:
+            hint = "no epoch had finished, so there is nothing to resume; run the same command again"
+        click.echo(f"\ninterrupted: {hint}", err=True)
         sys.exit(130)
     summary = result.summary()
     click.echo(f"best epoch {result.best_epoch}/{result.epochs_run} by {result.monitor}:")
@@ -142,7 +149,15 @@ def train(config_file, resume, progress, do_export, as_json, **flags):
     if do_export:
         from toolkit.export.exporter import export
 
-        exported = export(result.out, result.out / "bundle")
+        try:
+            exported = export(result.out, result.out / "bundle")
+        except KeyboardInterrupt:
+            click.echo(
+                f"\ninterrupted during export; training is complete: "
+                f"rnnkit export {result.out} --out {result.out}/bundle",
+                err=True,
+            )
+            sys.exit(130)
         parity = exported.report.summary()
         summary["bundle"] = str(exported.out) if exported.written else None
         summary["parity"] = parity

@@ -100,10 +100,10 @@ def train(
     device = pick_device(config.train.device)
     seed_everything(config.train.seed)
     model = SequenceModel(config.model, prepared.input, prepared.output).to(device)
+    run = _Run(config, prepared, model, device, progress, log)  # checks the rest of the config first
     params = sum(p.numel() for p in model.parameters())
-    amp = " with mixed precision" if config.train.amp and device.type == "cuda" else ""
+    amp = " with mixed precision" if run.amp else ""
     log(f"training {config.model.cell} x{config.model.num_layers} ({params:,} parameters) on {device}{amp}")
-    run = _Run(config, prepared, model, device, progress, log)
     if resume:
         run.restore(out / "state.pt")
     ckpt.write_run_files(out, config, prepared.input, prepared.output)
@@ -120,16 +120,18 @@ class _Run:
         self.out = Path(config.train.out)
         self.has_val = prepared.val is not None and len(prepared.val) > 0
         labels = prepared.output.labels
-        if self.has_val:
-            self.monitor, self.mode = default_monitor(self.task, labels)
-            if config.train.monitor:
-                self.monitor = config.train.monitor
-                try:
-                    self.mode = metric_mode(self.monitor)
-                except ValueError as e:
-                    raise ConfigError(f"train.monitor: {e}") from None
-        else:
-            self.monitor, self.mode = "loss", "min"  # no validation data: select on training loss
+        self.monitor, self.mode = default_monitor(self.task, labels)
+        if config.train.monitor:  # checked before anything is written, against this task's metrics
+            known = {"loss", *metrics_for(self.task, labels, config.data.level).compute()}
+            if config.train.monitor not in known:
+                raise ConfigError(
+                    f"train.monitor {config.train.monitor!r} is not a metric of task {self.task}; "
+                    f"choose one of {', '.join(sorted(known))}"
+                )
+            self.monitor, self.mode = config.train.monitor, metric_mode(config.train.monitor)
+        if not self.has_val:
+            log(f"no validation data: the best epoch is chosen by training loss, not {self.monitor}")
+            self.monitor, self.mode = "loss", "min"
         self.optimizer = build_optimizer(model.parameters(), config.train)
         self.schedule = build_schedule(self.optimizer, config.train, self.mode)
         self.amp = config.train.amp and device.type == "cuda"
@@ -198,10 +200,6 @@ class _Run:
             if self.has_val:
                 watched = self._run_epoch(self.data.val, training=False)
                 record.update({f"val_{k}": v for k, v in watched.items()})
-            if self.monitor not in watched:
-                raise ConfigError(
-                    f"train.monitor {self.monitor!r} is not a metric of this task; have: {sorted(watched)}"
-                )
             value = watched[self.monitor]
             record["seconds"] = time.perf_counter() - started
             self.epoch += 1
