@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import click
 
@@ -23,16 +21,13 @@ from cli.main import user_errors
 @user_errors
 def infer(bundle, input_path, output_path, batch_size, device, threads, allow_unverified, as_json):
     """Run BUNDLE on every sequence of a file (bidirectional models included); metrics if labelled."""
+    from toolkit.atomic import atomic_write_bytes
     from toolkit.runtime.engine import Engine
     from toolkit.runtime.infer import infer_file
 
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
     results, metrics = infer_file(engine, input_path, batch_size=batch_size)
-    directory = os.path.dirname(os.path.abspath(output_path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".infer.", suffix=".tmp")  # atomic: no half-written output
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in results)
-    os.replace(tmp, output_path)
+    atomic_write_bytes(output_path, "".join(json.dumps(r) + "\n" for r in results).encode("utf-8"))
     summary = {"sequences": len(results), "output": output_path, "provider": engine.provider, "metrics": metrics}
     if as_json:
         click.echo(json.dumps(summary))

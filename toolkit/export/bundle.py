@@ -79,30 +79,36 @@ def read_manifest(bundle: str | Path) -> dict:
     return manifest
 
 
+def read_graph(bundle: str | Path, name: str, info: dict) -> bytes:
+    """A graph file's bytes, checked against the sha256 the manifest recorded for it."""
+    path = Path(bundle) / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing (the manifest lists it)") from None
+    digest = sha256(data)
+    if digest != info.get("sha256"):
+        raise BundleError(
+            f"{path}: sha256 {digest[:16]}... does not match the manifest's {str(info.get('sha256'))[:16]}...; "
+            "the graph was changed or corrupted after export: export it again"
+        )
+    return data
+
+
 def check_graphs(bundle: str | Path, manifest: dict) -> dict[str, bytes]:
     """Every graph the manifest lists: present, sha256 as recorded, valid for the onnx checker.
     Returns name -> bytes."""
     import onnx
 
-    bundle = Path(bundle)
     graphs = {}
     for name, info in manifest.get("graphs", {}).items():
-        path = bundle / name
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise BundleError(f"{path}: missing (the manifest lists it)") from None
-        digest = sha256(data)
-        if digest != info.get("sha256"):
-            raise BundleError(
-                f"{path}: sha256 {digest[:16]}... does not match the manifest's {str(info.get('sha256'))[:16]}...; "
-                "the graph was changed or corrupted after export: export it again"
-            )
+        data = read_graph(bundle, name, info)
+        path = Path(bundle) / name
         try:
             onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
         except Exception as e:  # DecodeError, ValidationError, ...: all mean "not a valid graph"
             raise BundleError(f"{path}: not a valid ONNX model ({type(e).__name__}: {e})") from None
         graphs[name] = data
     if "model.onnx" not in graphs:
-        raise BundleError(f"{bundle / MANIFEST}: lists no model.onnx")
+        raise BundleError(f"{Path(bundle) / MANIFEST}: lists no model.onnx")
     return graphs

@@ -44,7 +44,7 @@ def export(
         graphs["step.onnx"] = build_step_graph(weights, config.model, input_spec, output_spec, opset=opset)
     blobs = {name: g.SerializeToString() for name, g in graphs.items()}
 
-    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    seed = parity.fresh_seed(seed)
     sample_data = _read_sample(sample, config, input_spec, output_spec) if sample else None
     report = certify(model, blobs, input_spec.to_dict(), model.per_step, seed, sample_data)
 
@@ -68,7 +68,7 @@ def certify(model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, se
     cases = []
     for provider in _providers():
         full = parity.session(blobs["model.onnx"], provider)
-        run_full = lambda x, lens, s=full: s.run(None, _feeds(s, x, lens))[0]  # noqa: E731
+        run_full = lambda x, lens, s=full: parity.run_full(s, x, lens)  # noqa: E731
         reference = lambda x, lens: _torch_forward(reference_model, x, lens)  # noqa: E731
         cases += parity.full_cases(run_full, reference, make_inputs, per_step, provider, sample)
         cases.append(parity.padding_case(run_full, make_inputs, per_step, provider))
@@ -86,29 +86,27 @@ def certify(model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, se
     return parity.Report(seed=seed, tolerance=parity.FP32_TOLERANCE, cases=cases)
 
 
-def _feeds(session, x: np.ndarray, lengths: np.ndarray) -> dict:
-    inputs = [i.name for i in session.get_inputs()]
-    return {inputs[0]: x, "lengths": lengths}
-
-
 def _float64_copy(model):
     import copy
 
     return copy.deepcopy(model).double().eval()
 
 
+def _as_torch(x: np.ndarray) -> torch.Tensor:
+    """Token ids stay int64; features go to float64 for the float64 reference model."""
+    return torch.from_numpy(x if x.dtype == np.int64 else x.astype(np.float64))
+
+
 @torch.no_grad()
 def _torch_forward(model, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    inputs = torch.from_numpy(x) if x.dtype == np.int64 else torch.from_numpy(x.astype(np.float64))
-    y, _ = model(inputs, torch.from_numpy(lengths))
+    y, _ = model(_as_torch(x), torch.from_numpy(lengths))
     return y.numpy()
 
 
 @torch.no_grad()
 def _torch_state(model, x: np.ndarray) -> dict[str, np.ndarray]:
     """The final state after the whole stream, stacked per layer like step.onnx's: [L, B, H]."""
-    inputs = torch.from_numpy(x) if x.dtype == np.int64 else torch.from_numpy(x.astype(np.float64))
-    _, state = model(inputs)
+    _, state = model(_as_torch(x))
     if isinstance(state[0], tuple):
         return {"h": torch.cat([s[0] for s in state]).numpy(), "c": torch.cat([s[1] for s in state]).numpy()}
     return {"h": torch.cat(state).numpy()}

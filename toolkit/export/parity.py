@@ -98,6 +98,16 @@ class InputMaker:
         return x.astype(np.float32)
 
 
+def fresh_seed(seed: int | None) -> int:
+    """The given seed, or a fresh one (recorded in the report so a run can be repeated)."""
+    return int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+
+
+def run_full(session: ort.InferenceSession, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One call of model.onnx; its first input is `tokens` or `features`."""
+    return session.run(None, {session.get_inputs()[0].name: x, "lengths": lengths})[0]
+
+
 def pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     shape = (len(sequences), int(lengths.max()), *sequences[0].shape[1:])

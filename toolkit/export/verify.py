@@ -18,7 +18,7 @@ from toolkit.export.bundle import BundleError, check_graphs, read_manifest
 def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int | None = None) -> parity.Report:
     manifest = read_manifest(bundle)
     blobs = check_graphs(bundle, manifest)
-    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    seed = parity.fresh_seed(seed)
     if checkpoint is not None:
         from toolkit.export.exporter import certify
         from toolkit.train.checkpoint import load_model
@@ -30,7 +30,7 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
     full = parity.session(blobs["model.onnx"], "CPUExecutionProvider")
 
     def run_full(x, lens):
-        return full.run(None, {full.get_inputs()[0].name: x, "lengths": lens})[0]
+        return parity.run_full(full, x, lens)
 
     per_step = manifest["output"]["per_step"]
     cases = [parity.padding_case(run_full, make_inputs, per_step, "CPUExecutionProvider")]

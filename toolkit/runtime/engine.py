@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.export.bundle import BundleError, read_manifest, sha256
+from toolkit.export.bundle import BundleError, read_graph, read_manifest
 from toolkit.runtime.providers import make_session
 
 
@@ -35,22 +35,13 @@ class Engine:
                 f"{self.path}: this bundle failed its parity check (worst: {self.manifest['parity']['worst_case']}); "
                 "pass --allow-unverified to run it anyway"
             )
-        graphs = {name: self._graph(name, info) for name, info in self.manifest["graphs"].items()}
+        graphs = {name: read_graph(self.path, name, info) for name, info in self.manifest["graphs"].items()}
         self.full = make_session(graphs["model.onnx"], device, threads)
         self.step = make_session(graphs["step.onnx"], device, threads) if "step.onnx" in graphs else None
         self.provider = self.full.get_providers()[0]
         self.input_name = self.manifest["input"]["name"]
         self.per_step = bool(self.manifest["output"]["per_step"])
         self.state_spec = self.manifest["state"] or []
-
-    def _graph(self, name: str, info: dict) -> bytes:
-        try:
-            data = (self.path / name).read_bytes()
-        except FileNotFoundError:
-            raise BundleError(f"{self.path / name}: missing (the manifest lists it)") from None
-        if sha256(data) != info["sha256"]:
-            raise BundleError(f"{self.path / name}: sha256 does not match the manifest; export the bundle again")
-        return data
 
     @property
     def dtype(self):

@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from toolkit.atomic import atomic_write_bytes, atomic_write_json
 from toolkit.config import Config
 from toolkit.data.types import InputSpec, OutputSpec
 from toolkit.data.vocab import Vocabulary
@@ -34,24 +33,6 @@ from toolkit.models.model import SequenceModel
 FORMAT = "rnnkit-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "spec.json", "model.pt")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:

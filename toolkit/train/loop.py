@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from toolkit.atomic import atomic_write_json
 from toolkit.config import Config
 from toolkit.data import bucket_batches, load_data, stream_windows
 from toolkit.data.types import PAD_TARGET, Prepared, SequenceDataset, StreamDataset
@@ -215,7 +216,7 @@ class _Run:
                 self.schedule.step()
             self.history.append(record)
             self._save_state()
-            ckpt.atomic_write_json(self.out / "metrics.json", {"history": self.history})
+            atomic_write_json(self.out / "metrics.json", {"history": self.history})
             self.log(_epoch_line(record, self.monitor, improved))
             if on_epoch_end is not None:
                 on_epoch_end(self.epoch, record)
@@ -234,7 +235,7 @@ class _Run:
         )
         if self.task == "lm":
             result.sample = self._sample()
-        ckpt.atomic_write_json(self.out / "metrics.json", {"history": self.history, "summary": result.summary()})
+        atomic_write_json(self.out / "metrics.json", {"history": self.history, "summary": result.summary()})
         return result
 
     def _sample(self) -> str:
