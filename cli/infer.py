@@ -6,27 +6,29 @@ import json
 
 import click
 
-from cli.main import user_errors
+from cli.main import engine_options, user_errors
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--input", "input_path", required=True, help="Data file in a training format (labels optional).")
 @click.option("--output", "output_path", required=True, help="JSON Lines to write: one result per sequence.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
-@click.option("--allow-unverified", is_flag=True, help="Run a bundle whose parity check failed.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences per call.")
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @user_errors
 def infer(bundle, input_path, output_path, batch_size, device, threads, allow_unverified, as_json):
     """Run BUNDLE on every sequence of a file (bidirectional models included); metrics if labelled."""
+    from tqdm import tqdm
+
     from toolkit.atomic import atomic_write_bytes
     from toolkit.runtime.engine import Engine
     from toolkit.runtime.infer import infer_file
 
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
-    results, metrics = infer_file(engine, input_path, batch_size=batch_size)
+    # On a terminal only, and only once a run has taken half a second: small inputs stay quiet.
+    with tqdm(desc="infer", unit="seq", disable=None, delay=0.5, leave=False) as bar:
+        results, metrics = infer_file(engine, input_path, batch_size=batch_size, progress=bar)
     atomic_write_bytes(output_path, "".join(json.dumps(r) + "\n" for r in results).encode("utf-8"))
     summary = {"sequences": len(results), "output": output_path, "provider": engine.provider, "metrics": metrics}
     if as_json:

@@ -20,6 +20,7 @@ from cli.lazy import LazyGroup
         "verify": ("cli.export", "verify"),
         "stream": ("cli.stream", "stream"),
         "infer": ("cli.infer", "infer"),
+        "generate": ("cli.generate", "generate"),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -43,6 +44,25 @@ def user_errors(fn):
             sys.exit(e.exit_code)
 
     return wrapper
+
+
+def engine_options(fn):
+    """--device, --threads and --allow-unverified, shared by the commands that run a bundle."""
+    for option in reversed(
+        [
+            click.option(
+                "--device",
+                type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+                default="auto",
+                show_default=True,
+                help="Execution provider; auto takes CUDA only where it works and says which runs.",
+            ),
+            click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)."),
+            click.option("--allow-unverified", is_flag=True, help="Run a bundle whose parity check failed."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
 
 
 def main() -> None:

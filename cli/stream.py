@@ -8,15 +8,15 @@ import sys
 
 import click
 
-from cli.main import user_errors
+from cli.main import engine_options, user_errors
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
-@click.option("--max-chunk", type=int, default=4096, show_default=True, help="Most steps one message may carry.")
-@click.option("--allow-unverified", is_flag=True, help="Run a bundle whose parity check failed.")
+@engine_options
+@click.option(
+    "--max-chunk", type=click.IntRange(min=1), default=4096, show_default=True, help="Most steps one message may carry."
+)
 @user_errors
 def stream(bundle, device, threads, max_chunk, allow_unverified):
     """Stream inference: read messages from stdin, answer each on stdout.
@@ -30,7 +30,7 @@ def stream(bundle, device, threads, max_chunk, allow_unverified):
     line failed.
     """
     from toolkit.export.bundle import BundleError
-    from toolkit.runtime.engine import Engine
+    from toolkit.runtime.engine import Engine, InputError
     from toolkit.runtime.messages import Codec, MessageError
 
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
@@ -62,7 +62,13 @@ def stream(bundle, device, threads, max_chunk, allow_unverified):
         else:
             s = streams.get(msg.stream) or streams.setdefault(msg.stream, engine.stream())
             start = s.steps
-            _send(codec.reply(msg.stream, start, s.push(msg.chunk), msg.unknown))
+            try:
+                outputs = s.push(msg.chunk)
+            except InputError as e:  # the codec checks first; this is the engine's own guard
+                failed += 1
+                _send({"line": number, "error": str(e)})
+                continue
+            _send(codec.reply(msg.stream, start, outputs, msg.unknown))
     sys.exit(1 if failed else 0)
 
 

@@ -103,16 +103,24 @@ def test_bidirectional_bundle_is_refused_with_a_pointer_to_infer(bundles):
     assert proc.returncode == 2 and "bidirectional" in proc.stderr and "rnnkit infer" in proc.stderr
 
 
-def test_stream_command_imports_neither_torch_nor_mlflow(bundles):
+def heavy_modules_after(args: list[str], stdin: str = "") -> list[str]:
+    """Run `rnnkit ARGS` in a fresh interpreter; which of torch and mlflow did it import?"""
     code = (
         "import sys; from click.testing import CliRunner; from cli.main import cli; "
-        f"r = CliRunner().invoke(cli, ['stream', {str(bundles['tag'])!r}, '--device', 'cpu'], "
-        'input=\'{"stream": "a", "end": true}\\n\'); assert r.exit_code == 0, r.output; '
+        f"r = CliRunner().invoke(cli, {[str(a) for a in args]!r}, input={stdin!r}); "
+        "assert r.exit_code == 0, r.output; "
         "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    print("heavy modules after a stream session:", out.strip().splitlines()[-1])
-    assert out.strip().splitlines()[-1] == "[]"
+    print(f"heavy modules after rnnkit {args[0]}:", out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_stream_and_infer_commands_import_neither_torch_nor_mlflow(bundles, tmp_path):
+    assert heavy_modules_after(["stream", bundles["tag"], "--device", "cpu"], '{"stream": "a", "end": true}\n') == []
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"tokens": ["a", "b"]}\n', encoding="utf-8")
+    assert heavy_modules_after(["infer", bundles["bi"], "--input", data, "--output", tmp_path / "out.jsonl"]) == []
 
 
 def test_infer_on_real_data_agrees_with_torch_evaluate(tmp_path):

@@ -150,5 +150,8 @@ def test_sampling_knobs():
     counts = np.bincount([sample_next(logits, rng, temperature=100.0) for _ in range(4000)], minlength=4)
     print("temperature 100 counts:", counts)
     assert counts.min() > 800  # near uniform
+    assert sample_next(logits, rng, temperature=0, exclude=(1,)) == 3
+    draws = {sample_next(logits, rng, top_k=2, exclude=(1, 0)) for _ in range(200)}
+    assert draws == {2, 3}
     with pytest.raises(ValueError, match="top_k"):
         sample_next(logits, rng, top_k=0)

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from tests.test_export import exported_bundles
 from toolkit.export.bundle import BundleError
-from toolkit.runtime.engine import Engine
+from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.providers import DeviceError, make_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,12 @@ def bundles(tmp_path_factory):
     return exported_bundles(
         tmp_path_factory,
         "lstm",
-        [("bi-tag", "tag", True), ("uni-tag", "tag", False), ("uni-classify", "classify", False)],
+        [
+            ("bi-tag", "tag", True),
+            ("uni-tag", "tag", False),
+            ("uni-classify", "classify", False),
+            ("uni-regress", "regress", False),
+        ],
     )
 
 
@@ -115,3 +121,91 @@ def test_devices(bundles):
     if auto == "CPUExecutionProvider":  # no working GPU here: asking for one is a clear error
         with pytest.raises(DeviceError, match="cuda"):
             make_session(data, "cuda")
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "message"),
+    [
+        ("uni-tag", [], "no steps"),
+        ("uni-tag", [4, -1, 5], "token id -1 is outside the vocabulary"),
+        ("uni-tag", [4, 10_000], "token id 10000 is outside the vocabulary"),
+        ("uni-tag", [[4, 5]], r"shape \[1, 2\]; accepted: 1-D sequence of token ids"),
+        ("uni-regress", [[0.0, 1.0, 2.0]], r"shape \[1, 3\]; accepted: 2-D array \[steps, 2\]"),
+        ("uni-regress", [[0.0, float("nan")]], "step 0, feature 1 is nan"),
+        ("uni-regress", [[0.0, 1.0], [float("inf"), 1.0]], "step 1, feature 0 is inf"),
+        ("uni-regress", [["a", "b"]], "not a 2-D array"),
+    ],
+)
+def test_bad_input_is_refused_before_onnxruntime_sees_it(bundles, name, bad, message):
+    # Unchecked, onnxruntime takes a length of 0 and reads id -1 as the embedding's last row.
+    engine = Engine(bundles[name], device="cpu")
+    good = sequences(engine, [3])[0] if engine.width is None else np.zeros((3, engine.width), np.float32)
+    with pytest.raises(InputError, match=message) as info:
+        engine.infer([good, bad])
+    print(info.value)
+    assert str(info.value).startswith("sequence 1:")
+    stream = engine.stream()
+    stream.push(good)
+    before = {k: v.copy() for k, v in stream.state.items()}
+    with pytest.raises(InputError, match=message):
+        stream.push(bad)
+    assert stream.steps == 3 and all(np.array_equal(before[k], stream.state[k]) for k in before)  # untouched
+
+
+def test_infer_reports_progress_for_every_sequence(bundles):
+    engine = Engine(bundles["bi-tag"], device="cpu")
+    done = []
+    engine.infer(sequences(engine, range(1, 11)), batch_size=4, progress=done.append)
+    assert done == [4, 4, 2]
+
+
+def test_state_held_in_ortvalues_with_iobinding_gives_the_same_outputs(bundles):
+    # On CPU this runs the IOBinding path the CUDA provider uses by default, state as OrtValues.
+    plain = Engine(bundles["uni-regress"], device="cpu")
+    bound = Engine(bundles["uni-regress"], device="cpu", bind_state=True)
+    rng = np.random.default_rng(3)
+    chunks = [rng.normal(size=(n, 2)).astype(np.float32) for n in (1, 5, 2, 9)]
+    a, b, c = plain.stream(), bound.stream(), bound.stream()
+    want = np.concatenate([a.push(x) for x in chunks])
+    got = [b.push(chunks[0]), b.push(chunks[1])]
+    assert all(isinstance(v, ort.OrtValue) for v in b.state.values())
+    # A batched call with a bound stream and a fresh one gathers rows through the host.
+    got += bound.push_many([b, c], [chunks[2], chunks[2]])[:1]
+    got.append(b.push(chunks[3]))
+    worst = float(np.abs(np.concatenate(got) - want).max())
+    print(f"max |IOBinding state - NumPy state| {worst:.2e}")
+    assert worst <= 1e-6 and b.steps == 17
+
+
+def _cuda_works() -> bool:
+    try:
+        return make_session(_tiny_graph(), "auto").get_providers()[0] == "CUDAExecutionProvider"
+    except Exception:
+        return False
+
+
+def _tiny_graph() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "tiny", [x], [y])
+    opsets = [helper.make_opsetid("", 17)]
+    return helper.make_model(
+        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
+    ).SerializeToString()
+
+
+@pytest.mark.skipif(not _cuda_works(), reason="no working CUDA execution provider on this machine")
+def test_cuda_stream_keeps_state_on_the_device_and_matches_cpu(bundles):
+    cpu, gpu = Engine(bundles["uni-regress"], device="cpu"), Engine(bundles["uni-regress"], device="cuda")
+    assert gpu.bind_state and gpu.provider == "CUDAExecutionProvider"
+    rng = np.random.default_rng(4)
+    chunks = [rng.normal(size=(n, 2)).astype(np.float32) for n in (1, 7, 3, 1, 12)]
+    a, b = cpu.stream(), gpu.stream()
+    want = np.concatenate([a.push(x) for x in chunks])
+    got = np.concatenate([b.push(x) for x in chunks])
+    assert all(v.device_name().lower() == "cuda" for v in b.state.values())
+    worst = float(np.abs(got - want).max())
+    print(f"max |CUDA - CPU| {worst:.2e}")
+    assert worst <= 1e-4

@@ -35,6 +35,13 @@ def tokenize(text: str, level: str, lowercase: bool = False) -> list[str]:
     return tokens
 
 
+def prompt_tokens(prompt: str, level: str, lowercase: bool = False) -> list[str]:
+    """A generation prompt as the model reads text: like `tokenize`, without the final <eos> (the
+    prompt goes on)."""
+    tokens = tokenize(prompt, level, lowercase)
+    return tokens[:-1] if tokens and tokens[-1] == EOS else tokens
+
+
 def read_text_records(path: str, level: str = "char", lowercase: bool = False) -> Records:
     p = Path(path)
     if not p.exists():

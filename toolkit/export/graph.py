@@ -367,11 +367,11 @@ def _input_info(plan: _Plan, time: str) -> onnx.ValueInfoProto:
 
 
 def _input_layer(g: _GraphBuilder, plan: _Plan, weights) -> str:
-    """Input -> [B, T, I]: embedding lookup, or (x - mean) / std as in training."""
+    """Input -> [B, T, I]: embedding lookup, or the raw features (their normalisation is folded
+    into layer 0's weights: `_fold_normalisation`)."""
     if plan.tokens:
         return g.one("Gather", [g.const("embedding.weight", weights["embedding.weight"]), "tokens"], "embedded")
-    centred = g.one("Sub", ["features", g.const("feature_mean", weights["feature_mean"])], "features_centred")
-    return g.one("Div", [centred, g.const("feature_std", weights["feature_std"])], "normalised")
+    return "features"
 
 
 def _layer_weights(g: _GraphBuilder, plan: _Plan, weights, i: int) -> list[str]:
@@ -381,8 +381,19 @@ def _layer_weights(g: _GraphBuilder, plan: _Plan, weights, i: int) -> list[str]:
     for s in ["", "_reverse"][: plan.directions]:
         names = (f"{p}weight_ih_l0{s}", f"{p}weight_hh_l0{s}", f"{p}bias_ih_l0{s}", f"{p}bias_hh_l0{s}")
         arrays = [np.asarray(weights[n], dtype=np.float64) if n in weights else None for n in names]
+        if i == 0 and not plan.tokens:
+            arrays[0], arrays[2] = _fold_normalisation(weights, arrays[0], arrays[2])
         per_direction.append(_TO_ONNX[plan.cfg.cell](*arrays))
     return [g.const(f"layer{i}.{n}", np.stack([d[k] for d in per_direction])) for k, n in enumerate("WRB")]
+
+
+def _fold_normalisation(weights, w_ih: np.ndarray, b_ih: np.ndarray | None):
+    """W (x - mean) / std + b = (W / std) x + (b - W (mean / std)): layer 0 on raw features,
+    folded in float64. Two kernels fewer per call, which is much of a one-step call's cost."""
+    mean = np.asarray(weights["feature_mean"], dtype=np.float64)
+    std = np.asarray(weights["feature_std"], dtype=np.float64)
+    bias = np.zeros(w_ih.shape[0]) if b_ih is None else b_ih
+    return w_ih / std, bias - w_ih @ (mean / std)
 
 
 def _encoder(g: _GraphBuilder, plan: _Plan, weights, x: str, seq: str, state: list[str] | None):
@@ -449,13 +460,13 @@ def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str) -> str:
 
 def _head(g: _GraphBuilder, plan: _Plan, weights, x: str) -> str:
     """Linear head on the last axis, then raw units for regression. Output named for the bundle."""
-    w = g.const("head.weight_t", np.asarray(weights["head.weight"]).T)
-    y = g.one("MatMul", [x, w], "head.matmul")
-    if plan.task != "regress":
-        return g.one("Add", [y, g.const("head.bias", weights["head.bias"])], plan.output_name)
-    y = g.one("Add", [y, g.const("head.bias", weights["head.bias"])], "values_normalised")
-    y = g.one("Mul", [y, g.const("target_std", weights["target_std"])], "values_scaled")
-    return g.one("Add", [y, g.const("target_mean", weights["target_mean"])], plan.output_name)
+    w = np.asarray(weights["head.weight"], dtype=np.float64).T
+    b = np.asarray(weights["head.bias"], dtype=np.float64)
+    if plan.task == "regress":  # (x W + b) * std + mean, folded into W and b in float64
+        std = np.asarray(weights["target_std"], dtype=np.float64)
+        w, b = w * std, b * std + np.asarray(weights["target_mean"], dtype=np.float64)
+    y = g.one("MatMul", [x, g.const("head.weight_t", w)], "head.matmul")
+    return g.one("Add", [y, g.const("head.bias", b)], plan.output_name)
 
 
 def _finish(g: _GraphBuilder, plan: _Plan, name: str, inputs, outputs, doc: str) -> onnx.ModelProto:

@@ -6,13 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from toolkit.data.text import prompt_tokens
 from toolkit.data.vocab import EOS_ID, Vocabulary
 from toolkit.models.model import SequenceModel
-from toolkit.models.sampling import sample_next
-
-
-def tokenize_prompt(prompt: str, level: str) -> list[str]:
-    return list(prompt) if level == "char" else prompt.split()
+from toolkit.models.sampling import NEVER_DRAWN, sample_next
 
 
 @torch.no_grad()
@@ -20,6 +17,7 @@ def generate(
     model: SequenceModel,
     vocab: Vocabulary,
     level: str = "char",
+    lowercase: bool = False,
     prompt: str = "",
     max_tokens: int = 200,
     temperature: float = 1.0,
@@ -33,11 +31,11 @@ def generate(
     model.eval()
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
-    ids = [int(i) for i in vocab.encode(tokenize_prompt(prompt, level))] or [EOS_ID]
+    ids = [int(i) for i in vocab.encode(prompt_tokens(prompt, level, lowercase))] or [EOS_ID]
     logits, state = model(torch.tensor([ids], device=device))
     out: list[str] = []
     for _ in range(max_tokens):
-        nxt = sample_next(logits[0, -1].float().cpu().numpy(), rng, temperature, top_k, top_p)
+        nxt = sample_next(logits[0, -1].float().cpu().numpy(), rng, temperature, top_k, top_p, NEVER_DRAWN)
         if nxt == EOS_ID:
             break
         out.append(vocab.tokens[nxt])

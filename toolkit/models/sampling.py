@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolkit.data.vocab import BOS_ID, PAD_ID
+
+# Never generated: padding, and <bos> (texts are separated by <eos>, which ends generation).
+NEVER_DRAWN = (PAD_ID, BOS_ID)
+
 
 def sample_next(
     logits: np.ndarray,
@@ -14,9 +19,12 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    exclude: tuple[int, ...] = (),
 ) -> int:
-    """Draw one token id from unnormalised `logits` [V]. temperature 0 means greedy (argmax)."""
-    logits = np.asarray(logits, dtype=np.float64)
+    """Draw one token id from unnormalised `logits` [V]. temperature 0 means greedy (argmax).
+    Ids in `exclude` are never drawn."""
+    logits = np.array(logits, dtype=np.float64)
+    logits[list(exclude)] = -np.inf
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:

@@ -6,18 +6,35 @@
   exactly those steps. `Engine.push_many(streams, chunks)` steps many streams in one batched
   call per chunk length (gathering and scattering state rows), with outputs identical to
   stepping each alone.
+
+Inputs are checked before they reach ONNX Runtime, which would otherwise accept a length of 0
+and read a negative or too-large token id as some other row of the embedding.
+
+State lives as NumPy arrays on the CPU. With `bind_state` (the default on CUDA) a stream's state
+stays an OrtValue on the device between pushes through IOBinding, so it does not cross the bus
+every step; a batched `push_many` gathers rows through the host.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
+from toolkit.errors import RnnkitError
 from toolkit.export.bundle import BundleError, read_graph, read_manifest
 from toolkit.runtime.providers import make_session
+
+DEVICE_TYPE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
+class InputError(RnnkitError, ValueError):
+    """Model input that does not fit the bundle's input spec (what, where, what is accepted)."""
+
+    exit_code = 2
 
 
 class Engine:
@@ -27,6 +44,7 @@ class Engine:
         device: str = "auto",
         threads: int | None = None,
         allow_unverified: bool = False,
+        bind_state: bool | None = None,
     ):
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path)
@@ -39,28 +57,69 @@ class Engine:
         self.full = make_session(graphs["model.onnx"], device, threads)
         self.step = make_session(graphs["step.onnx"], device, threads) if "step.onnx" in graphs else None
         self.provider = self.full.get_providers()[0]
-        self.input_name = self.manifest["input"]["name"]
+        self.device_type = DEVICE_TYPE.get(self.provider, "cpu")
+        self.bind_state = self.device_type != "cpu" if bind_state is None else bind_state
+        inp = self.manifest["input"]
+        self.input_name = inp["name"]
+        self.dtype = np.int64 if inp["kind"] == "tokens" else np.float32
+        self.width = inp.get("num_features")  # features: steps are [T, width]; tokens: [T]
+        self.vocab_size = inp.get("vocab_size")
         self.per_step = bool(self.manifest["output"]["per_step"])
         self.state_spec = self.manifest["state"] or []
+        self.state_names = [spec["name"] for spec in self.state_spec]
+        if self.step is not None:
+            self.step_outputs = [o.name for o in self.step.get_outputs()]
 
-    @property
-    def dtype(self):
-        return np.int64 if self.manifest["input"]["kind"] == "tokens" else np.float32
+    # ---- input checks --------------------------------------------------------------------
+    def check(self, steps, where: str) -> np.ndarray:
+        """`steps` as the model's input array [T] (tokens) or [T, F] (features), or an InputError."""
+        try:
+            x = np.asarray(steps, dtype=self.dtype)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{where}: not a {self._accepted()} ({e})") from None
+        if x.ndim >= 1 and len(x) == 0:
+            raise InputError(f"{where}: no steps; a sequence or chunk needs at least one")
+        if x.ndim != (1 if self.width is None else 2) or (self.width is not None and x.shape[1] != self.width):
+            raise InputError(f"{where}: shape {list(x.shape)}; accepted: {self._accepted()}")
+        if self.width is None:
+            if x.min() < 0 or x.max() >= self.vocab_size:
+                bad = int(x[(x < 0) | (x >= self.vocab_size)][0])
+                raise InputError(f"{where}: token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        elif not np.isfinite(x).all():
+            row, col = np.argwhere(~np.isfinite(x))[0]
+            raise InputError(f"{where}: step {row}, feature {col} is {x[row, col]}; features must be finite")
+        return x
+
+    def _accepted(self) -> str:
+        if self.width is None:
+            return f"1-D sequence of token ids in 0..{self.vocab_size - 1}"
+        return f"2-D array [steps, {self.width}] of finite numbers"
 
     # ---- full sequences ------------------------------------------------------------------
-    def infer(self, sequences: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
-        """Outputs per sequence, in input order: [K] per sequence, or [T_i, K] per step."""
+    def infer(
+        self,
+        sequences: Sequence,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[np.ndarray]:
+        """Outputs per sequence, in input order: [K] per sequence, or [T_i, K] per step.
+        `progress(n)` is called after each batch with the number of sequences it held."""
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        sequences = [self.check(s, f"sequence {i}") for i, s in enumerate(sequences)]
         order = np.argsort([len(s) for s in sequences], kind="stable")
         results: list[np.ndarray | None] = [None] * len(sequences)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             lengths = np.array([len(sequences[i]) for i in index], dtype=np.int64)
-            batch = np.zeros((len(index), int(lengths.max()), *np.shape(sequences[index[0]])[1:]), dtype=self.dtype)
+            batch = np.zeros((len(index), int(lengths.max()), *sequences[index[0]].shape[1:]), dtype=self.dtype)
             for row, i in enumerate(index):
                 batch[row, : lengths[row]] = sequences[i]
             y = self.full.run(None, {self.input_name: batch, "lengths": lengths})[0]
             for row, i in enumerate(index):
                 results[i] = y[row, : lengths[row]] if self.per_step else y[row]
+            if progress:
+                progress(len(index))
         return results
 
     # ---- streams -------------------------------------------------------------------------
@@ -76,32 +135,57 @@ class Engine:
         shape = lambda spec: [batch if d == "batch" else d for d in spec["shape"]]  # noqa: E731
         return {spec["name"]: np.zeros(shape(spec), dtype=np.float32) for spec in self.state_spec}
 
-    def push_many(self, streams: Sequence[Stream], chunks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run_step(self, x: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
+        """One call of the step graph on a batch [B, T, ...]: outputs [B, T, K] and the new state
+        (NumPy, or OrtValues left on the device when `bind_state`)."""
+        if not self.bind_state:
+            values = self.step.run(self.step_outputs, {self.input_name: x, **state})
+            return values[0], dict(zip(self.state_names, values[1:], strict=True))
+        binding = self.step.io_binding()
+        binding.bind_cpu_input(self.input_name, x)
+        for name, value in state.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, value)
+        binding.bind_output(self.step_outputs[0], "cpu")
+        for name in self.step_outputs[1:]:
+            binding.bind_output(name, self.device_type)
+        self.step.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return values[0].numpy(), dict(zip(self.state_names, values[1:], strict=True))
+
+    def push_many(self, streams: Sequence[Stream], chunks: Sequence) -> list[np.ndarray]:
         """Step several streams at once: one batched call per distinct chunk length."""
         if len({id(s) for s in streams}) != len(streams):
             raise ValueError("a stream may appear only once per push_many call (its steps must stay in order)")
+        if len(streams) != len(chunks):
+            raise ValueError(f"{len(streams)} streams but {len(chunks)} chunks")
+        if len(streams) == 1:
+            return [streams[0].push(chunks[0])]
+        chunks = [self.check(c, f"chunk {i}") for i, c in enumerate(chunks)]
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, chunk in enumerate(chunks):
-            if len(chunk) == 0:
-                raise ValueError("a chunk must hold at least one step")
             by_length[len(chunk)].append(i)
         outputs: list[np.ndarray | None] = [None] * len(streams)
         for group in by_length.values():
-            x = np.stack([np.asarray(chunks[i], dtype=self.dtype) for i in group])
-            feeds = {self.input_name: x}
-            for name in streams[group[0]].state:  # gather each stream's state row (axis 1 = batch)
-                feeds[name] = np.concatenate([streams[i].state[name] for i in group], axis=1)
-            values = self.step.run(None, feeds)
+            x = np.stack([chunks[i] for i in group])
+            # Gather each stream's state row (axis 1 = batch); device-held state comes to the host.
+            state = {n: np.concatenate([_host(streams[i].state[n]) for i in group], axis=1) for n in self.state_names}
+            y, *new = self.step.run(self.step_outputs, {self.input_name: x, **state})
             for row, i in enumerate(group):
-                outputs[i] = values[0][row]
-                for k, spec in enumerate(self.state_spec, start=1):  # scatter the new state rows
-                    streams[i].state[spec["name"]] = values[k][:, row : row + 1]
+                outputs[i] = y[row]
+                streams[i].state = {n: v[:, row : row + 1] for n, v in zip(self.state_names, new, strict=True)}
                 streams[i].steps += len(chunks[i])
         return outputs
 
 
+def _host(value) -> np.ndarray:
+    return value.numpy() if isinstance(value, ort.OrtValue) else value
+
+
 class Stream:
-    """One stream's state (numpy, [L, 1, H] per state tensor) and step count."""
+    """One stream's state ([L, 1, H] per state tensor) and step count."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -111,9 +195,12 @@ class Stream:
         self.state = self.engine.initial_state(1)
         self.steps = 0
 
-    def push(self, chunk: np.ndarray) -> np.ndarray:
+    def push(self, chunk) -> np.ndarray:
         """Outputs [len(chunk), K] for exactly these steps, the state carried on."""
-        return self.engine.push_many([self], [chunk])[0]
+        x = self.engine.check(chunk, "chunk")
+        y, self.state = self.engine.run_step(x[None], self.state)
+        self.steps += len(x)
+        return y[0]
 
     def close(self) -> None:
         self.state = {}

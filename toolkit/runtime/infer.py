@@ -34,8 +34,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def infer_file(engine: Engine, path: str, batch_size: int = 64) -> tuple[list[dict], dict | None]:
-    """One result per input sequence (in input order) and the task metrics if every input is labelled."""
+def infer_file(engine: Engine, path: str, batch_size: int = 64, progress=None) -> tuple[list[dict], dict | None]:
+    """One result per input sequence (in input order) and the task metrics if every input is labelled.
+    `progress`: a tqdm-like bar, reset to the number of sequences once the file is read."""
     config, input_spec, output_spec = specs(engine.manifest)
     data = load_file(path, config, input_spec, output_spec, require_target=False)
     if isinstance(data, SequenceDataset):
@@ -43,7 +44,9 @@ def infer_file(engine: Engine, path: str, batch_size: int = 64) -> tuple[list[di
         targets = [e.target for e in data.examples]
     else:  # a text or csv stream: one long sequence
         inputs, targets = [data.inputs], [data.targets]
-    outputs = engine.infer(inputs, batch_size=batch_size)
+    if progress is not None:
+        progress.reset(total=len(inputs))
+    outputs = engine.infer(inputs, batch_size=batch_size, progress=progress.update if progress is not None else None)
     labels = output_spec.labels
     results = []
     for i, y in enumerate(outputs):

@@ -243,7 +243,10 @@ class _Run:
 
         best = SequenceModel(self.cfg.model, self.data.input, self.data.output).to(self.device)
         best.load_state_dict(torch.load(self.out / "model.pt", map_location=self.device, weights_only=True))
-        return generate(best, self.data.input.vocab, self.cfg.data.level, max_tokens=200, temperature=0.8, seed=0)
+        data = self.cfg.data
+        return generate(
+            best, self.data.input.vocab, data.level, data.lowercase, max_tokens=200, temperature=0.8, seed=0
+        )
 
     def _run_epoch(self, dataset: SequenceDataset | StreamDataset, training: bool) -> dict[str, float]:
         tcfg = self.cfg.train
