@@ -38,11 +38,13 @@ def per_call_ms(fn, calls: int) -> float:
 
 
 def interleaved(contenders: dict, calls: int, rounds: int) -> dict[str, float]:
-    """Median ms per call of each contender over `rounds`, the contenders taking turns."""
+    """Median ms per call of each contender over `rounds`, the contenders taking turns in a new
+    order each round (whoever runs after torch meets its worker threads still spinning)."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    rng = np.random.default_rng(0)
     for _ in range(rounds):
-        for name, fn in contenders.items():
-            times[name].append(per_call_ms(fn, calls))
+        for name in rng.permutation(list(contenders)):
+            times[name].append(per_call_ms(contenders[name], calls))
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -47,19 +47,22 @@ def infer_file(engine: Engine, path: str, batch_size: int = 64, progress=None) -
     if progress is not None:
         progress.reset(total=len(inputs))
     outputs = engine.infer(inputs, batch_size=batch_size, progress=progress.update if progress is not None else None)
-    labels = output_spec.labels
-    results = []
-    for i, y in enumerate(outputs):
-        if config.task == "regress":
-            results.append({"index": i, "values": np.round(y, 6).tolist()})
-        elif config.task == "classify":
-            p = softmax(y)
-            results.append({"index": i, "prediction": labels[int(p.argmax())], "scores": np.round(p, 6).tolist()})
-        else:
-            vocab = labels if config.task == "tag" else input_spec.vocab.tokens
-            results.append({"index": i, "predictions": [vocab[j] for j in y.argmax(-1)]})
+    results = [{"index": i, **result(engine.manifest, y)} for i, y in enumerate(outputs)]
     labelled = all(t is not None for t in targets)
     return results, (_metrics(config, output_spec, outputs, targets) if labelled else None)
+
+
+def result(manifest: dict, y: np.ndarray) -> dict:
+    """One sequence's outputs as JSON: regress {"values"}; classify {"prediction", "scores"}
+    (probabilities in label order); tag / lm {"predictions"} per step (labels or next tokens)."""
+    task, labels = manifest["task"], manifest["output"].get("labels")
+    if task == "regress":
+        return {"values": np.round(y, 6).tolist()}
+    if task == "classify":
+        p = softmax(y)
+        return {"prediction": labels[int(p.argmax())], "scores": np.round(p, 6).tolist()}
+    names = labels if task == "tag" else manifest["input"]["vocab"]
+    return {"predictions": [names[j] for j in y.argmax(-1)]}
 
 
 def _metrics(config: Config, output_spec: OutputSpec, outputs: list, targets: list) -> dict:
