@@ -1,15 +1,14 @@
 """Sampling text from a trained `lm` model in torch (training-side preview; the runtime has
-its own ONNX generator that draws with the same `sample_next`)."""
+its own ONNX generator that runs the same `draw` loop)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from toolkit.data.text import prompt_tokens
-from toolkit.data.vocab import EOS_ID, Vocabulary
+from toolkit.data.vocab import Vocabulary
 from toolkit.models.model import SequenceModel
-from toolkit.models.sampling import NEVER_DRAWN, sample_next
+from toolkit.models.sampling import draw, prompt_ids
 
 
 @torch.no_grad()
@@ -30,15 +29,14 @@ def generate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    rng = np.random.default_rng(seed)
-    ids = [int(i) for i in vocab.encode(prompt_tokens(prompt, level, lowercase))] or [EOS_ID]
-    logits, state = model(torch.tensor([ids], device=device))
-    out: list[str] = []
-    for _ in range(max_tokens):
-        nxt = sample_next(logits[0, -1].float().cpu().numpy(), rng, temperature, top_k, top_p, NEVER_DRAWN)
-        if nxt == EOS_ID:
-            break
-        out.append(vocab.tokens[nxt])
-        logits, state = model(torch.tensor([[nxt]], device=device), state=state)
+    state = None
+
+    def step(ids) -> np.ndarray:
+        nonlocal state
+        logits, state = model(torch.tensor([list(ids)], dtype=torch.int64, device=device), state=state)
+        return logits[0, -1].float().cpu().numpy()
+
+    ids = prompt_ids(vocab, prompt, level, lowercase)
+    out = [vocab.tokens[i] for i in draw(step, ids, max_tokens, temperature, top_k, top_p, seed)]
     model.train(was_training)
     return ("" if level == "char" else " ").join(out)

@@ -1,16 +1,58 @@
-"""Next-token sampling from logits: temperature, top-k, top-p (nucleus).
+"""Next-token sampling from logits (temperature, top-k, top-p) and the generation loop.
 
-NumPy only, so the torch-side generator and the ONNX runtime draw tokens the same way.
+NumPy only: the torch-side generator and the ONNX runtime run this same loop, so a seed gives
+the same text on both sides.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+
 import numpy as np
 
-from toolkit.data.vocab import BOS_ID, PAD_ID
+from toolkit.data.text import prompt_tokens
+from toolkit.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
 # Never generated: padding, and <bos> (texts are separated by <eos>, which ends generation).
 NEVER_DRAWN = (PAD_ID, BOS_ID)
+
+
+def check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ValueError naming the first sampling setting out of range."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def prompt_ids(vocab: Vocabulary, prompt: str, level: str, lowercase: bool = False) -> np.ndarray:
+    """The prompt's token ids, or <eos> alone (the boundary a new text follows in training)."""
+    ids = vocab.encode(prompt_tokens(prompt, level, lowercase))
+    return ids if len(ids) else np.array([EOS_ID], dtype=np.int64)
+
+
+def draw(
+    step: Callable[[Sequence[int]], np.ndarray],
+    prompt: np.ndarray,
+    max_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> Iterator[int]:
+    """Token ids drawn after `prompt`, up to `max_tokens`, stopping before <eos>. `step(ids)` runs
+    the model on those ids, carrying its state, and returns the logits after the last one."""
+    check_settings(temperature, top_k, top_p)
+    rng = np.random.default_rng(seed)
+    logits = step(prompt)
+    for _ in range(max_tokens):
+        nxt = sample_next(logits, rng, temperature, top_k, top_p, NEVER_DRAWN)
+        if nxt == EOS_ID:
+            return
+        yield nxt
+        logits = step([nxt])
 
 
 def sample_next(
@@ -23,14 +65,9 @@ def sample_next(
 ) -> int:
     """Draw one token id from unnormalised `logits` [V]. temperature 0 means greedy (argmax).
     Ids in `exclude` are never drawn."""
+    check_settings(temperature, top_k, top_p)
     logits = np.array(logits, dtype=np.float64)
     logits[list(exclude)] = -np.inf
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
         return int(np.argmax(logits))
     z = logits / temperature

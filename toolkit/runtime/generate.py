@@ -1,8 +1,8 @@
 """Text generation from an `lm` bundle through its step graph.
 
 The prompt primes the state in one call (or <eos>, the boundary a new text follows in training,
-when there is none); then one step per drawn token, with the same `sample_next` the torch-side
-preview uses, so a seed gives the same text on both sides.
+when there is none); then one step per drawn token, in the same `draw` loop the torch-side
+preview runs, so a seed gives the same text on both sides.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from toolkit.data.text import prompt_tokens
-from toolkit.data.vocab import EOS_ID, Vocabulary
+from toolkit.data.vocab import Vocabulary
 from toolkit.errors import RnnkitError
-from toolkit.models.sampling import NEVER_DRAWN, sample_next
+from toolkit.models.sampling import check_settings, draw, prompt_ids
 
 
 class GenerateError(RnnkitError):
@@ -38,23 +37,16 @@ def generate(
         )
     if max_tokens < 0:
         raise GenerateError(f"--max-tokens must be >= 0, got {max_tokens}")
-    try:  # sample_next checks these too, but only once a token is drawn
-        sample_next(np.zeros(1), np.random.default_rng(0), temperature, top_k, top_p)
+    try:  # a user error (exit 2) before the prompt runs, not a ValueError from the sampler
+        check_settings(temperature, top_k, top_p)
     except ValueError as e:
         raise GenerateError(str(e)) from None
     vocab = Vocabulary(inp["vocab"])
-    ids = vocab.encode(prompt_tokens(prompt, inp.get("level", "char"), bool(inp.get("lowercase")))) if prompt else []
-    if len(ids) == 0:
-        ids = np.array([EOS_ID])
-    rng = np.random.default_rng(seed)
     stream = engine.stream()
-    logits = stream.push(ids)[-1]
-    for _ in range(max_tokens):
-        nxt = sample_next(logits, rng, temperature, top_k, top_p, NEVER_DRAWN)
-        if nxt == EOS_ID:
-            return
+    ids = prompt_ids(vocab, prompt, inp.get("level", "char"), bool(inp.get("lowercase")))
+    step = lambda ids: stream.push(np.asarray(ids, dtype=np.int64))[-1]  # noqa: E731
+    for nxt in draw(step, ids, max_tokens, temperature, top_k, top_p, seed):
         yield vocab.tokens[nxt]
-        logits = stream.push(np.array([nxt], dtype=np.int64))[-1]
 
 
 def joiner(manifest: dict) -> str:
