@@ -100,11 +100,37 @@ def _choice(values):
 @click.option(
     "--export/--no-export", "do_export", default=True, help="End with a verified ONNX bundle in OUT/bundle (on)."
 )
+@click.option("--mlflow/--no-mlflow", "use_mlflow", default=True, help="Record the run and its model in MLflow (on).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--experiment", help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else rnnkit).")
+@click.option("--register", "register_name", help="Register the model under this name (needs MLflow and export).")
+@click.option("--alias", "aliases", multiple=True, help="With --register: point this alias at the new version.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
 @user_errors
-def train(config_file, resume, progress, do_export, as_json, **flags):
-    """Train a recurrent model and write a run directory (checkpoint, config, vocabulary, labels)."""
+def train(
+    config_file,
+    resume,
+    progress,
+    do_export,
+    use_mlflow,
+    tracking_uri,
+    experiment,
+    register_name,
+    aliases,
+    as_json,
+    **flags,
+):
+    """Train a recurrent model and write a run directory (checkpoint, config, vocabulary, labels).
+
+    The run is recorded in MLflow (params, per-epoch metrics, artifacts, the bundle as a logged
+    model) unless --no-mlflow; if MLflow fails, training goes on and says so.
+    """
     from toolkit.train.loop import train as run_training
+
+    if register_name and not (use_mlflow and do_export):
+        raise click.UsageError("--register needs MLflow and the export (drop --no-mlflow / --no-export)")
+    if aliases and not register_name:
+        raise click.UsageError("--alias needs --register NAME")
 
     if resume:
         if not Path(resume, "config.json").is_file():
@@ -126,9 +152,22 @@ def train(config_file, resume, progress, do_export, as_json, **flags):
         config.override(section, key, value)
     if progress is None:
         progress = sys.stderr.isatty()
+    tracker = None
+    if use_mlflow:
+        from toolkit.tracking.training import Tracker
+
+        tracker = Tracker(config, tracking_uri, experiment, resume=bool(resume), log=lambda m: click.echo(m, err=True))
     try:
-        result = run_training(config, resume=bool(resume), progress=progress)
+        result = run_training(
+            config,
+            resume=bool(resume),
+            progress=progress,
+            on_start=tracker.start if tracker else None,  # after the data and config checks
+            on_epoch_end=tracker.on_epoch_end if tracker else None,
+        )
     except KeyboardInterrupt:
+        if tracker:
+            tracker.abort("KILLED")
         if Path(config.train.out, "state.pt").is_file():
             hint = (
                 f"{config.train.out} holds the last completed epoch; "
@@ -138,6 +177,10 @@ def train(config_file, resume, progress, do_export, as_json, **flags):
             hint = "no epoch had finished, so there is nothing to resume; run the same command again"
         click.echo(f"\ninterrupted: {hint}", err=True)
         sys.exit(130)
+    except BaseException:
+        if tracker:
+            tracker.abort("FAILED")
+        raise
     summary = result.summary()
     click.echo(f"best epoch {result.best_epoch}/{result.epochs_run} by {result.monitor}:")
     for key, value in result.best.items():
@@ -146,12 +189,15 @@ def train(config_file, resume, progress, do_export, as_json, **flags):
         click.echo("sample from the best model:")
         click.echo("  " + result.sample.replace("\n", "\n  "))
     click.echo(f"run directory: {result.out} (checkpoint model.pt, config.json, spec.json, metrics.json)")
+    bundle = None
     if do_export:
         from toolkit.export.exporter import export
 
         try:
             exported = export(result.out, result.out / "bundle")
         except KeyboardInterrupt:
+            if tracker:
+                tracker.abort("KILLED")
             click.echo(
                 f"\ninterrupted during export; training is complete: "
                 f"rnnkit export {result.out} --out {result.out}/bundle",
@@ -162,14 +208,40 @@ def train(config_file, resume, progress, do_export, as_json, **flags):
         summary["bundle"] = str(exported.out) if exported.written else None
         summary["parity"] = parity
         if not exported.report.passed:
+            if tracker:
+                tracker.finish(result, None)
             click.echo(
                 f"error: parity failed ({parity['worst_case']}: {parity['max_abs']:.2e}); "
                 f"report {exported.report_path}",
                 err=True,
             )
             sys.exit(1)
+        bundle = exported.out
         click.echo(
             f"bundle: {exported.out} ({parity['cases']} parity cases passed, max abs error {parity['max_abs']:.1e})"
         )
+    if tracker:
+        tracker.finish(result, bundle)
+        summary["mlflow"] = tracker.summary()
+        if tracker.run_id and not tracker.failed:
+            click.echo(f"MLflow run {tracker.run_id}: model {summary['mlflow']['model_uri']}")
+        if register_name:
+            summary["registered"] = _register(tracker, register_name, aliases, result.out)
     if as_json:
         click.echo(json.dumps(summary))
+
+
+def _register(tracker, name: str, aliases: tuple[str, ...], out: Path) -> dict:
+    from toolkit.tracking.registry import register
+
+    hint = f"once MLflow works: rnnkit register {out}/bundle --name {name}"
+    if tracker.model_info is None:
+        click.echo(
+            f"error: not registered: MLflow failed ({tracker.failed}); the run directory is kept; {hint}", err=True
+        )
+        sys.exit(1)
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text(encoding="utf-8"))
+    version = register(tracker.model_info.model_uri, name, aliases, parity=manifest["parity"])
+    shown = f" (alias {', '.join(aliases)})" if aliases else ""
+    click.echo(f"registered models:/{name}/{version.version}{shown}")
+    return {"name": name, "version": int(version.version), "aliases": list(aliases)}

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.data.vocab import Vocabulary
+
 FIELDS = {"stream", "tokens", "features", "reset", "end"}
 
 
@@ -40,7 +42,7 @@ class Codec:
         self.output = manifest["output"]
         self.max_chunk = max_chunk
         if self.input["kind"] == "tokens":
-            self.index = {t: i for i, t in enumerate(self.input["vocab"])}
+            self.vocab = Vocabulary(self.input["vocab"])
 
     def parse(self, line: str) -> Message:
         try:
@@ -79,8 +81,7 @@ class Codec:
             raise MessageError('"tokens" must be a list of strings')
         if self.input.get("lowercase"):
             tokens = [t.lower() for t in tokens]
-        ids = np.fromiter((self.index.get(t, 1) for t in tokens), dtype=np.int64, count=len(tokens))
-        return Message(stream, "chunk", ids, unknown=sum(1 for t in tokens if t not in self.index))
+        return Message(stream, "chunk", self.vocab.encode(tokens), unknown=self.vocab.count_unknown(tokens))
 
     def _features(self, steps: list) -> np.ndarray:
         width = self.input["num_features"]

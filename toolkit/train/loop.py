@@ -80,11 +80,13 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train as `config` says, writing the run directory `config.train.out`.
 
     Data is read and checked before anything is written, so bad input leaves no directory.
-    `on_epoch_end(epoch, record)` runs after each epoch's checkpoint is safely on disk.
+    `on_start()` runs once the data, model and config have passed their checks and the run
+    directory is written; `on_epoch_end(epoch, record)` after each epoch's checkpoint is on disk.
     """
     config.validate()
     if config.data.data is None:
@@ -108,6 +110,8 @@ def train(
     if resume:
         run.restore(out / "state.pt")
     ckpt.write_run_files(out, config, prepared.input, prepared.output)
+    if on_start is not None:
+        on_start()
     return run.fit(on_epoch_end)
 
 

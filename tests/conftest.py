@@ -1,0 +1,20 @@
+"""Test session setup: MLflow records go to a temporary SQLite store, never to the working tree
+(`rnnkit train` records runs by default; subprocesses inherit the environment)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_STORE = tempfile.mkdtemp(prefix="rnnkit-mlflow-")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STORE}/mlflow.db"
+os.environ.setdefault("MPLCONFIGDIR", _STORE)
+
+
+def pytest_sessionstart(session):
+    # Create the store's tables once: CLI tests start many `rnnkit train` processes at once, and
+    # MLflow's first-use schema migration of one SQLite file is not safe to run concurrently.
+    from mlflow import MlflowClient
+
+    # The default experiment's artifacts go to the temporary store too, not to ./mlruns.
+    MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).create_experiment("rnnkit", artifact_location=f"{_STORE}/artifacts")

@@ -1,0 +1,347 @@
+"""A bundle as an MLflow pyfunc model, so MLflow's own tools (`mlflow.pyfunc.load_model`,
+`mlflow models serve`, the Model Registry, `spark_udf`) load and serve rnnkit models.
+
+The logged model carries the bundle directory unchanged as its artifact `bundle`, a copy of the
+`toolkit` package as its code (so it loads where rnnkit is not installed: MLflow, ONNX Runtime,
+NumPy and pandas are enough) and a three-line model file that MLflow runs on load ("models from
+code": nothing is pickled). `predict` runs full-sequence inference through toolkit.runtime (ONNX
+Runtime only, no torch) and returns, per input sequence, exactly what `rnnkit infer` writes
+(`toolkit.runtime.infer.result`).
+
+Input: a pandas DataFrame (or a list of records) with one column, `tokens` (each row a list of
+token strings) or `features` (each row a list of steps, each a list of `num_features` numbers),
+whichever the bundle takes. Output: a DataFrame, one row per sequence: classify `prediction`,
+`scores`; tag and lm `predictions` (one per step); regress `values`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+import toolkit
+from toolkit.export.bundle import MANIFEST, BundleError, read_graph, read_manifest
+from toolkit.runtime.engine import InputError
+
+ARTIFACT = "bundle"  # the key of the bundle directory among the model's artifacts
+DEVICE_ENV = "RNNKIT_DEVICE"  # where a loaded model runs: auto (default), cpu, cuda, tensorrt
+DEFAULT_BATCH_SIZE = 64
+MODEL_CODE = "rnnkit_model.py"
+MODEL_CODE_TEXT = """# An rnnkit bundle as an MLflow pyfunc model: see code/toolkit/tracking/pyfunc.py.
+import mlflow
+
+from toolkit.tracking.pyfunc import BundleModel
+
+mlflow.models.set_model(BundleModel())
+"""
+
+
+class ModelInputError(InputError, MlflowException):
+    """Input a logged rnnkit model cannot take (which row, what is wrong, what is accepted).
+
+    An InputError for Python callers, and an MlflowException (INVALID_PARAMETER_VALUE) so that
+    `mlflow models serve` answers 400 with this message rather than a generic "unexpected error"."""
+
+    def __init__(self, message: str):
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+
+# ---- predicting ----------------------------------------------------------------------------
+def input_column(manifest: dict) -> str:
+    return "tokens" if manifest["input"]["kind"] == "tokens" else "features"
+
+
+def output_fields(manifest: dict) -> list[str]:
+    """The columns of `predict`'s DataFrame: the keys of `toolkit.runtime.infer.result`."""
+    task = manifest["task"]
+    if task == "classify":
+        return ["prediction", "scores"]
+    return ["values"] if task == "regress" else ["predictions"]
+
+
+def accepted(manifest: dict) -> str:
+    if manifest["input"]["kind"] == "tokens":
+        return "a DataFrame with a column 'tokens', each row a list of token strings"
+    width = manifest["input"]["num_features"]
+    return f"a DataFrame with a column 'features', each row a list of steps, each a list of {width} finite numbers"
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def _is_one_sequence(value: Any, kind: str) -> bool:
+    """Whether a dict's column value is one sequence (tokens ["a", "b"]; features [[0.1, 2.0]])
+    rather than a column of them."""
+    if not _is_seq(value) or len(value) == 0:
+        return False
+    first = value[0]
+    return isinstance(first, str) if kind == "tokens" else _is_seq(first) and len(first) > 0 and not _is_seq(first[0])
+
+
+def to_frame(model_input: Any, manifest: dict) -> pd.DataFrame:
+    """`model_input` as a DataFrame. Accepted: a DataFrame; a list of records
+    ([{"tokens": [...]}, ...]); a dict that is one record ({"tokens": ["a", "b"]}, as MLflow reads a
+    dict) or a dict of columns ({"tokens": [["a", "b"], ["c"]]})."""
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    kind = manifest["input"]["kind"]
+    try:
+        if isinstance(model_input, dict):
+            if all(_is_one_sequence(v, kind) or not _is_seq(v) for v in model_input.values()):
+                return pd.DataFrame([model_input])
+            return pd.DataFrame({k: list(v) for k, v in model_input.items()})
+        if isinstance(model_input, list | tuple) and all(isinstance(r, dict) for r in model_input):
+            return pd.DataFrame(list(model_input), columns=None if model_input else [input_column(manifest)])
+    except (TypeError, ValueError) as e:
+        raise ModelInputError(f"input is not a table of sequences ({e}); accepted: {accepted(manifest)}") from None
+    raise ModelInputError(f"input is a {type(model_input).__name__}; accepted: {accepted(manifest)}")
+
+
+def _describe(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "missing"
+    text = repr(value)
+    return f"{text[:40]}{'...' if len(text) > 40 else ''} (type {type(value).__name__})"
+
+
+def _token_strings(row: Any, where: str, manifest: dict) -> list[str]:
+    if isinstance(row, str):
+        level = manifest["input"].get("level", "char")
+        raise ModelInputError(
+            f"{where}: a string ({row[:20]!r}); accepted: a list of token strings (this model reads "
+            f"{level}-level tokens: split the text into them first)"
+        )
+    if not _is_seq(row):
+        raise ModelInputError(f"{where}: {_describe(row)}; accepted: a list of token strings")
+    tokens = list(row)
+    for j, t in enumerate(tokens):
+        if not isinstance(t, str):
+            raise ModelInputError(f"{where}: token {j} is {_describe(t)}; accepted: a list of token strings")
+    return [t.lower() for t in tokens] if manifest["input"].get("lowercase") else tokens
+
+
+def sequences(engine, model_input: Any, vocab=None) -> list[np.ndarray]:
+    """The input's sequences as the engine takes them (int64 ids [T] or float32 [T, F]), each
+    checked by `Engine.check`; any problem is a ModelInputError naming the row."""
+    manifest = engine.manifest
+    column = input_column(manifest)
+    frame = to_frame(model_input, manifest)
+    if column not in frame.columns:
+        columns = [str(c) for c in frame.columns]
+        raise ModelInputError(f"input has columns {columns}, no {column!r}; accepted: {accepted(manifest)}")
+    out = []
+    for i, row in enumerate(frame[column]):
+        where = f"row {i} ({column})"
+        if column == "tokens":
+            if vocab is None:
+                from toolkit.data.vocab import Vocabulary
+
+                vocab = Vocabulary(manifest["input"]["vocab"])
+            row = vocab.encode(_token_strings(row, where, manifest))
+        elif not _is_seq(row):
+            raise ModelInputError(f"{where}: {_describe(row)}; accepted: {accepted(manifest)}")
+        elif any(isinstance(step, np.ndarray) for step in row):  # MLflow's schema enforcement makes arrays
+            row = [step.tolist() if isinstance(step, np.ndarray) else step for step in row]
+        try:
+            out.append(engine.check(row, where))
+        except InputError as e:
+            raise ModelInputError(str(e)) from None
+    return out
+
+
+def predict_frame(engine, model_input: Any, batch_size: Any = DEFAULT_BATCH_SIZE, vocab=None) -> pd.DataFrame:
+    """One row per input sequence, in input order, with the fields `rnnkit infer` writes."""
+    from toolkit.runtime.infer import result
+
+    try:
+        batch_size = int(batch_size)
+    except (TypeError, ValueError):
+        raise ModelInputError(f"param batch_size: {batch_size!r} is not an integer") from None
+    if batch_size < 1:
+        raise ModelInputError(f"param batch_size: must be at least 1, got {batch_size}")
+    outputs = engine.infer(sequences(engine, model_input, vocab), batch_size=batch_size)
+    return pd.DataFrame([result(engine.manifest, y) for y in outputs], columns=output_fields(engine.manifest))
+
+
+class BundleModel(mlflow.pyfunc.PythonModel):
+    """An rnnkit bundle run by toolkit.runtime.Engine (ONNX Runtime). The device comes from the
+    environment variable RNNKIT_DEVICE (auto, cpu, cuda, tensorrt; default auto)."""
+
+    def load_context(self, context):
+        from toolkit.data.vocab import Vocabulary
+        from toolkit.runtime.engine import Engine
+
+        self.engine = Engine(context.artifacts[ARTIFACT], device=os.environ.get(DEVICE_ENV, "auto"))
+        inp = self.engine.manifest["input"]
+        self.vocab = Vocabulary(inp["vocab"]) if inp["kind"] == "tokens" else None
+
+    # The pandas hint tells MLflow 3 not to infer a schema from type hints (it warns when there
+    # is no hint at all); the signature given at logging time is the one enforced.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
+        return predict_frame(self.engine, model_input, batch_size, self.vocab)
+
+
+# ---- logging -------------------------------------------------------------------------------
+def signature(manifest: dict) -> ModelSignature:
+    """Input: one column, `tokens` Array(string) or `features` Array(Array(double)) (ragged
+    sequences; `spark_udf` takes this, unlike a (-1, -1, F) tensor). Output: the fields of
+    `toolkit.runtime.infer.result`. Param: batch_size."""
+    if manifest["input"]["kind"] == "tokens":
+        inputs = Schema([ColSpec(Array(DataType.string), "tokens")])
+    else:
+        inputs = Schema([ColSpec(Array(Array(DataType.double)), "features")])
+    task = manifest["task"]
+    if task == "classify":
+        outputs = Schema([ColSpec(DataType.string, "prediction"), ColSpec(Array(DataType.double), "scores")])
+    elif task == "regress":
+        values = Array(Array(DataType.double)) if manifest["output"]["per_step"] else Array(DataType.double)
+        outputs = Schema([ColSpec(values, "values")])
+    else:  # tag, lm: a label or next token per step
+        outputs = Schema([ColSpec(Array(DataType.string), "predictions")])
+    params = ParamSchema([ParamSpec("batch_size", DataType.long, DEFAULT_BATCH_SIZE)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example(manifest: dict) -> pd.DataFrame:
+    """Two short sequences the bundle takes: its first vocabulary tokens, or zeros."""
+    inp = manifest["input"]
+    if inp["kind"] == "tokens":
+        words = [t for t in inp["vocab"][4:] if t.strip()] or ["<unk>"]
+        return pd.DataFrame({"tokens": [words[:3], words[:1]]})
+    width = int(inp["num_features"])
+    return pd.DataFrame({"features": [[[0.0] * width] * 3, [[0.0] * width]]})
+
+
+def metadata(manifest: dict) -> dict:
+    """The model's MLmodel metadata (`ModelInfo.metadata["rnnkit"]`): bundle format, task, model
+    and input shape, and the export's parity verdict, for listings that do not download it."""
+    pick = lambda d, keys: {k: d[k] for k in keys if k in d}  # noqa: E731
+    parity = manifest.get("parity", {})
+    return {
+        "rnnkit": {
+            "format": manifest.get("format"),
+            "format_version": manifest.get("format_version"),
+            "task": manifest["task"],
+            "input": pick(manifest["input"], ("kind", "level", "lowercase", "vocab_size", "num_features")),
+            "output": pick(manifest["output"], ("labels", "num_targets", "per_step")),
+            "model": pick(manifest.get("model", {}), ("cell", "num_layers", "hidden_size", "bidirectional")),
+            "graphs": sorted(manifest.get("graphs", {})),
+            "precision": manifest.get("precision"),
+            "opset": manifest.get("opset"),
+            "parity": pick(parity, ("passed", "max_abs", "tolerance", "cases", "failed", "worst_case")),
+            "producer": manifest.get("producer", {}),
+        }
+    }
+
+
+def model_tags(manifest: dict) -> dict[str, str]:
+    """Tags on the LoggedModel, for `mlflow.search_logged_models(filter_string="tags.`rnnkit.task` = 'tag'")`."""
+    parity = manifest.get("parity", {})
+    tags = {
+        "rnnkit.format_version": str(manifest.get("format_version")),
+        "rnnkit.task": manifest["task"],
+        "rnnkit.input": manifest["input"]["kind"],
+        "rnnkit.parity_passed": str(bool(parity.get("passed"))).lower(),
+    }
+    if "max_abs" in parity:
+        tags["rnnkit.parity_max_abs"] = f"{parity['max_abs']:.3g}"
+    return tags
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pip_requirements() -> list[str]:
+    """What the model needs besides MLflow (which MLflow adds, pinned, itself): the ONNX Runtime
+    build installed here (onnxruntime-gpu or onnxruntime; both provide the `onnxruntime` module and
+    overwrite each other, so exactly one is listed), NumPy and pandas, pinned as installed here."""
+    ort = next((d for d in ("onnxruntime-gpu", "onnxruntime") if _installed(d)), "onnxruntime")
+    return [f"{d}=={_installed(d)}" if _installed(d) else d for d in (ort, "numpy", "pandas")]
+
+
+def log_bundle(
+    bundle_dir: str | os.PathLike,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    step: int = 0,
+    model_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+    **kwargs: Any,
+):
+    """Log the bundle at `bundle_dir` as a pyfunc model and return MLflow's ModelInfo
+    (`model_uri`, `model_id`, `run_id`, `metadata`, ...).
+
+    Inside an active run the model belongs to that run; with none, MLflow 3 creates a LoggedModel
+    that belongs to no run (`run_id` None). `step` (e.g. the best epoch) and `model_id` (an existing
+    LoggedModel) are passed to MLflow; `registered_model_name` also registers a version; `tags`
+    are added to the LoggedModel's; other keyword arguments go to `mlflow.pyfunc.log_model`.
+    A bundle that failed its parity check, or whose graphs do not match its manifest, is refused
+    (BundleError): the logged model could not be loaded."""
+    bundle_dir = Path(bundle_dir).resolve()
+    manifest = read_manifest(bundle_dir)
+    for graph, info in manifest.get("graphs", {}).items():
+        read_graph(bundle_dir, graph, info)
+    parity = manifest.get("parity", {})
+    if not parity.get("passed"):
+        raise BundleError(
+            f"{bundle_dir}: this bundle failed its parity check (worst: {parity.get('worst_case')}); "
+            "a model logged from it would not load: export it again"
+        )
+    with tempfile.TemporaryDirectory(prefix="rnnkit-pyfunc-") as tmp:
+        code = Path(tmp) / MODEL_CODE
+        code.write_text(MODEL_CODE_TEXT, encoding="utf-8")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code),
+            artifacts={ARTIFACT: str(bundle_dir)},
+            code_paths=[str(Path(toolkit.__file__).resolve().parent)],
+            signature=signature(manifest),
+            input_example=input_example(manifest),
+            pip_requirements=pip_requirements(),
+            metadata=metadata(manifest),
+            registered_model_name=registered_model_name,
+            step=step,
+            model_id=model_id,
+            tags={**model_tags(manifest), **(tags or {})},
+            **kwargs,
+        )
+
+
+def bundle_dir_of(local_model_path: str | os.PathLike) -> Path:
+    """Where the bundle files lie inside a downloaded pyfunc model (e.g. the directory
+    `mlflow.artifacts.download_artifacts(model_uri)` returns), so rnnkit can run them directly.
+    A bundle directory is returned as it is. Reads the MLmodel file only (no MLflow call)."""
+    import yaml
+
+    path = Path(local_model_path)
+    if (path / MANIFEST).is_file():
+        return path
+    mlmodel = path / "MLmodel"
+    if not mlmodel.is_file():
+        raise BundleError(f"{path}: neither an rnnkit bundle (no {MANIFEST}) nor an MLflow model (no MLmodel)")
+    try:
+        conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+        relative = conf["flavors"]["python_function"]["artifacts"][ARTIFACT]["path"]
+    except (yaml.YAMLError, OSError, KeyError, TypeError):
+        relative = f"artifacts/{ARTIFACT}"
+    bundle = path / relative
+    if not (bundle / MANIFEST).is_file():
+        raise BundleError(f"{path}: an MLflow model without an rnnkit bundle (no {relative}/{MANIFEST})")
+    return bundle
