@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cli.main import user_errors
+from cli.main import local_bundle, model_argument, user_errors
 
 
 def print_report(report, as_json: bool, extra: dict | None = None) -> None:
@@ -53,16 +53,20 @@ def export(run_dir, out, opset, sample, seed, force, as_json):
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@model_argument
 @click.option("--checkpoint", type=click.Path(file_okay=False), help="Run directory: also check torch vs ONNX.")
 @click.option("--seed", type=int, help="Seed of the random inputs (default: fresh).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @user_errors
-def verify(bundle, checkpoint, seed, as_json):
-    """Check a bundle: manifest, graph hashes, ONNX validity, step-vs-full parity (and torch parity)."""
+def verify(model, checkpoint, seed, as_json):
+    """Check a bundle: manifest, graph hashes, ONNX validity, step-vs-full parity (and torch parity).
+
+    MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
+    runs:/RUN_ID/model (downloaded once, then run from the local cache).
+    """
     from toolkit.export.verify import verify as run_verify
 
-    report = run_verify(bundle, checkpoint=checkpoint, seed=seed)
+    report = run_verify(local_bundle(model, allow_unverified=True), checkpoint=checkpoint, seed=seed)
     print_report(report, as_json)
     if not report.passed:
         click.echo("error: verification failed: " + ", ".join(c.name for c in report.failures), err=True)

@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from cli.main import engine_options, user_errors
+from cli.main import engine_options, local_bundle, model_argument, user_errors
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@model_argument
 @click.option("--prompt", default="", help="Text to continue (default: start a new text).")
 @click.option(
     "--max-tokens", type=click.IntRange(min=0), default=200, show_default=True, help="Stop after this many tokens."
@@ -33,15 +33,19 @@ from cli.main import engine_options, user_errors
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming the text.")
 @engine_options
 @user_errors
-def generate(bundle, prompt, max_tokens, temperature, top_k, top_p, seed, as_json, device, threads, allow_unverified):
-    """Continue --prompt with text drawn from an lm BUNDLE, printing tokens as they come.
+def generate(model, prompt, max_tokens, temperature, top_k, top_p, seed, as_json, device, threads, allow_unverified):
+    """Continue --prompt with text drawn from an lm MODEL, printing tokens as they come.
 
     Generation stops at the end-of-text token or after --max-tokens. The prompt is not echoed.
+
+    MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
+    runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
     from toolkit.runtime.engine import Engine
     from toolkit.runtime.generate import generate as draw
     from toolkit.runtime.generate import joiner
 
+    bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
     sep = joiner(engine.manifest)
     tokens = draw(engine, prompt, max_tokens, temperature, top_k, top_p, seed)

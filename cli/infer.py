@@ -6,25 +6,30 @@ import json
 
 import click
 
-from cli.main import engine_options, user_errors
+from cli.main import engine_options, local_bundle, model_argument, user_errors
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@model_argument
 @click.option("--input", "input_path", required=True, help="Data file in a training format (labels optional).")
 @click.option("--output", "output_path", required=True, help="JSON Lines to write: one result per sequence.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences per call.")
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @user_errors
-def infer(bundle, input_path, output_path, batch_size, device, threads, allow_unverified, as_json):
-    """Run BUNDLE on every sequence of a file (bidirectional models included); metrics if labelled."""
+def infer(model, input_path, output_path, batch_size, device, threads, allow_unverified, as_json):
+    """Run MODEL on every sequence of a file (bidirectional models included); metrics if labelled.
+
+    MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
+    runs:/RUN_ID/model (downloaded once, then run from the local cache).
+    """
     from tqdm import tqdm
 
     from toolkit.atomic import atomic_write_bytes
     from toolkit.runtime.engine import Engine
     from toolkit.runtime.infer import infer_file
 
+    bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
     # On a terminal only, and only once a run has taken half a second: small inputs stay quiet.
     with tqdm(desc="infer", unit="seq", disable=None, delay=0.5, leave=False) as bar:

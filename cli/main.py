@@ -21,6 +21,8 @@ from cli.lazy import LazyGroup
         "stream": ("cli.stream", "stream"),
         "infer": ("cli.infer", "infer"),
         "generate": ("cli.generate", "generate"),
+        "register": ("cli.registry", "register"),
+        "models": ("cli.registry", "models"),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -63,6 +65,23 @@ def engine_options(fn):
     ):
         fn = option(fn)
     return fn
+
+
+def model_argument(fn):
+    """The MODEL argument: a bundle directory or an MLflow model URI (toolkit.runtime.source)."""
+    return click.argument("model", metavar="MODEL")(fn)
+
+
+def local_bundle(model: str, allow_unverified: bool = False) -> str:
+    """MODEL's bundle directory on this machine: downloaded once into the cache for a URI (MLflow
+    is imported only to resolve an alias or to download; a cached version needs neither)."""
+    from toolkit.runtime.source import resolve
+
+    resolved = resolve(model, allow_unverified, log=lambda m: click.echo(m, err=True))
+    if resolved.version:
+        name, version = resolved.version.split("/")
+        click.echo(f"{model}: version {version} of {name!r}, from {resolved.bundle}", err=True)
+    return str(resolved.bundle)
 
 
 def main() -> None:

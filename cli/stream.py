@@ -8,17 +8,17 @@ import sys
 
 import click
 
-from cli.main import engine_options, user_errors
+from cli.main import engine_options, local_bundle, model_argument, user_errors
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@model_argument
 @engine_options
 @click.option(
     "--max-chunk", type=click.IntRange(min=1), default=4096, show_default=True, help="Most steps one message may carry."
 )
 @user_errors
-def stream(bundle, device, threads, max_chunk, allow_unverified):
+def stream(model, device, threads, max_chunk, allow_unverified):
     """Stream inference: read messages from stdin, answer each on stdout.
 
     \b
@@ -28,11 +28,15 @@ def stream(bundle, device, threads, max_chunk, allow_unverified):
     Each chunk is answered with {"stream", "step" (index of its first step), "outputs",
     "predictions"}; a bad line with {"line", "error"} (other streams go on). Exit code 1 if any
     line failed.
+
+    MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
+    runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
     from toolkit.export.bundle import BundleError
     from toolkit.runtime.engine import Engine, InputError
     from toolkit.runtime.messages import Codec, MessageError
 
+    bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
     if engine.step is None:
         raise BundleError(

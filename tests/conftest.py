@@ -9,6 +9,7 @@ import tempfile
 _STORE = tempfile.mkdtemp(prefix="rnnkit-mlflow-")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STORE}/mlflow.db"
 os.environ.setdefault("MPLCONFIGDIR", _STORE)
+os.environ["RNNKIT_CACHE"] = os.path.join(_STORE, "cache")  # models downloaded by URI
 
 
 def pytest_sessionstart(session):

@@ -38,9 +38,14 @@ def exported_bundles(tmp_path_factory, cell: str, specs: list[tuple[str, str, bo
     return made
 
 
-def rnnkit(*args, timeout=300) -> subprocess.CompletedProcess:
+def rnnkit(*args, timeout=300, input=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "cli.main", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
 
 

@@ -29,7 +29,8 @@ from toolkit.data.vocab import Vocabulary
 from toolkit.export.bundle import BundleError
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.infer import result
-from toolkit.tracking.pyfunc import BundleModel, bundle_dir_of, log_bundle, predict_frame
+from toolkit.runtime.source import bundle_dir_of
+from toolkit.tracking.pyfunc import BundleModel, log_bundle, predict_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 STRAY = ("mlruns", "mlartifacts", "mlflow.db")  # what MLflow's defaults would write to the working tree

@@ -38,3 +38,8 @@ class CheckpointError(RnnkitError):
     """A checkpoint directory is missing files, is corrupt or comes from another version."""
 
     exit_code = 2
+
+
+class RegistryError(RnnkitError):
+    """The MLflow tracking store or Model Registry refused a request or could not be reached
+    (says which model, which store, and what to do)."""

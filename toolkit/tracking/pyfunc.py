@@ -31,10 +31,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 import toolkit
-from toolkit.export.bundle import MANIFEST, BundleError, read_graph, read_manifest
+from toolkit.export.bundle import BundleError, read_graph, read_manifest
 from toolkit.runtime.engine import InputError
+from toolkit.runtime.source import ARTIFACT
 
-ARTIFACT = "bundle"  # the key of the bundle directory among the model's artifacts
 DEVICE_ENV = "RNNKIT_DEVICE"  # where a loaded model runs: auto (default), cpu, cuda, tensorrt
 DEFAULT_BATCH_SIZE = 64
 MODEL_CODE = "rnnkit_model.py"
@@ -322,26 +322,3 @@ def log_bundle(
             tags={**model_tags(manifest), **(tags or {})},
             **kwargs,
         )
-
-
-def bundle_dir_of(local_model_path: str | os.PathLike) -> Path:
-    """Where the bundle files lie inside a downloaded pyfunc model (e.g. the directory
-    `mlflow.artifacts.download_artifacts(model_uri)` returns), so rnnkit can run them directly.
-    A bundle directory is returned as it is. Reads the MLmodel file only (no MLflow call)."""
-    import yaml
-
-    path = Path(local_model_path)
-    if (path / MANIFEST).is_file():
-        return path
-    mlmodel = path / "MLmodel"
-    if not mlmodel.is_file():
-        raise BundleError(f"{path}: neither an rnnkit bundle (no {MANIFEST}) nor an MLflow model (no MLmodel)")
-    try:
-        conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-        relative = conf["flavors"]["python_function"]["artifacts"][ARTIFACT]["path"]
-    except (yaml.YAMLError, OSError, KeyError, TypeError):
-        relative = f"artifacts/{ARTIFACT}"
-    bundle = path / relative
-    if not (bundle / MANIFEST).is_file():
-        raise BundleError(f"{path}: an MLflow model without an rnnkit bundle (no {relative}/{MANIFEST})")
-    return bundle
