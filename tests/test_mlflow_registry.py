@@ -126,7 +126,10 @@ def test_a_version_whose_parity_failed_is_refused_unless_allowed(store, trained)
 
     client = MlflowClient(store["uri"])
     client.create_registered_model("doubtful")
-    version = client.create_model_version("doubtful", client.get_model_version("toy", "1").source).version
+    # The artifact location, not the models:/m-... source: MLflow resolves that one with its
+    # process-global tracking URI instead of this client's.
+    location = client.get_model_version_download_uri("toy", "1")
+    version = client.create_model_version("doubtful", location, run_id=trained["run_id"]).version
     client.set_model_version_tag("doubtful", version, "parity_passed", "false")
     client.set_model_version_tag("doubtful", version, "parity_max_abs", "0.3")
     refused = stream(f"models:/doubtful/{version}")
