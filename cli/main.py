@@ -21,6 +21,7 @@ from cli.lazy import LazyGroup
         "stream": ("cli.stream", "stream"),
         "infer": ("cli.infer", "infer"),
         "generate": ("cli.generate", "generate"),
+        "serve": ("cli.serve", "serve"),
         "register": ("cli.registry", "register"),
         "models": ("cli.registry", "models"),
     },

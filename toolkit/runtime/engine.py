@@ -45,6 +45,7 @@ class Engine:
         threads: int | None = None,
         allow_unverified: bool = False,
         bind_state: bool | None = None,
+        spin: bool = True,
     ):
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path)
@@ -54,8 +55,8 @@ class Engine:
                 "pass --allow-unverified to run it anyway"
             )
         graphs = {name: read_graph(self.path, name, info) for name, info in self.manifest["graphs"].items()}
-        self.full = make_session(graphs["model.onnx"], device, threads)
-        self.step = make_session(graphs["step.onnx"], device, threads) if "step.onnx" in graphs else None
+        self.full = make_session(graphs["model.onnx"], device, threads, spin)
+        self.step = make_session(graphs["step.onnx"], device, threads, spin) if "step.onnx" in graphs else None
         self.provider = self.full.get_providers()[0]
         self.device_type = DEVICE_TYPE.get(self.provider, "cpu")
         self.bind_state = self.device_type != "cpu" if bind_state is None else bind_state

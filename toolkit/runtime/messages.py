@@ -23,7 +23,13 @@ FIELDS = {"stream", "tokens", "features", "reset", "end"}
 
 
 class MessageError(ValueError):
-    pass
+    """A message that cannot be run; `stream` names its stream once known, `code` is the HTTP-style
+    status a server answers with (400 malformed, 413 too large)."""
+
+    def __init__(self, message: str, stream: str | None = None, code: int = 400):
+        super().__init__(message)
+        self.stream = stream
+        self.code = code
 
 
 @dataclass
@@ -57,6 +63,13 @@ class Codec:
         stream = obj.get("stream")
         if not isinstance(stream, str) or not stream:
             raise MessageError('"stream" must be a non-empty string naming the stream')
+        try:
+            return self._message(stream, obj)
+        except MessageError as e:
+            e.stream = stream
+            raise
+
+    def _message(self, stream: str, obj: dict) -> Message:
         kinds = [k for k in ("tokens", "features", "reset", "end") if k in obj]
         if len(kinds) != 1:
             raise MessageError('give exactly one of "tokens", "features", "reset": true or "end": true')
@@ -65,23 +78,27 @@ class Codec:
             if obj[kind] is not True:
                 raise MessageError(f'"{kind}" must be true')
             return Message(stream, kind)
+        return Message(stream, "chunk", *self.steps(kind, obj[kind], self.max_chunk))
+
+    def steps(self, kind: str, values, limit: int | None = None) -> tuple[np.ndarray, int]:
+        """A chunk or sequence given as "tokens" (strings) or "features" (lists of numbers), as
+        model input, and the number of tokens mapped to <unk>."""
         if kind != ("tokens" if self.input["kind"] == "tokens" else "features"):
             raise MessageError(f'this model takes "{self.input["kind"]}", not "{kind}"')
-        values = obj[kind]
         if not isinstance(values, list) or not values:
             raise MessageError(f'"{kind}" must be a non-empty list of steps')
-        if len(values) > self.max_chunk:
-            raise MessageError(f'"{kind}" has {len(values)} steps; at most {self.max_chunk} per message')
+        if limit is not None and len(values) > limit:
+            raise MessageError(f'"{kind}" has {len(values)} steps; at most {limit} per message', code=413)
         if kind == "tokens":
-            return self._tokens(stream, values)
-        return Message(stream, "chunk", self._features(values))
+            return self._tokens(values)
+        return self._features(values), 0
 
-    def _tokens(self, stream: str, tokens: list) -> Message:
+    def _tokens(self, tokens: list) -> tuple[np.ndarray, int]:
         if not all(isinstance(t, str) for t in tokens):
             raise MessageError('"tokens" must be a list of strings')
         if self.input.get("lowercase"):
             tokens = [t.lower() for t in tokens]
-        return Message(stream, "chunk", self.vocab.encode(tokens), unknown=self.vocab.count_unknown(tokens))
+        return self.vocab.encode(tokens), self.vocab.count_unknown(tokens)
 
     def _features(self, steps: list) -> np.ndarray:
         width = self.input["num_features"]
@@ -98,7 +115,7 @@ class Codec:
 
     def reply(self, stream: str, start: int, outputs: np.ndarray, unknown: int = 0) -> dict:
         """Per-step outputs of one chunk: logits/values, and predicted labels or tokens."""
-        out: dict = {"stream": stream, "step": start, "outputs": np.round(outputs, 6).tolist()}
+        out: dict = {"stream": stream, "step": start, "outputs": np.round(outputs.astype(np.float64), 6).tolist()}
         labels = self.output.get("labels")
         if labels is not None:
             out["predictions"] = [labels[i] for i in outputs.argmax(-1)]

@@ -21,16 +21,22 @@ class DeviceError(RnnkitError):
     exit_code = 2
 
 
-def make_session(model: bytes, device: str = "auto", threads: int | None = None) -> ort.InferenceSession:
+def make_session(
+    model: bytes, device: str = "auto", threads: int | None = None, spin: bool = True
+) -> ort.InferenceSession:
     """An InferenceSession on `device`; `session.get_providers()[0]` is the provider in use.
 
     auto: CUDA when it works here, else the CPU. cuda / tensorrt: that provider or a DeviceError.
+    spin=False: intra-op threads sleep between calls instead of busy-waiting for the next one,
+    which a server needs: the spinning would take the cores its event loop runs on.
     """
     if device not in DEVICES:
         raise DeviceError(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = PROVIDER["cuda"] if device == "auto" else PROVIDER[device]
     if wanted == CPU or wanted not in ort.get_available_providers():
         if device in ("cuda", "tensorrt"):

@@ -1,0 +1,99 @@
+"""`rnnkit serve`: the streaming server (toolkit.runtime.server). No torch, no mlflow."""
+
+from __future__ import annotations
+
+import click
+
+from cli.main import engine_options, local_bundle, model_argument, user_errors
+
+
+@click.command()
+@model_argument
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 for every interface.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@engine_options
+@click.option(
+    "--max-batch", type=click.IntRange(min=1), default=256, show_default=True, help="Most streams stepped per call."
+)
+@click.option(
+    "--max-delay-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Longest a chunk waits for its batch to fill.",
+)
+@click.option("--max-streams", type=click.IntRange(min=1), default=10_000, show_default=True, help="Open streams held.")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds without a message after which a stream is closed.",
+)
+@click.option(
+    "--token",
+    envvar="RNNKIT_SERVE_TOKEN",
+    help="Require `Authorization: Bearer TOKEN` (health probes excepted). Also read from $RNNKIT_SERVE_TOKEN, "
+    "which keeps it out of the process list.",
+)
+@click.option(
+    "--max-chunk", type=click.IntRange(min=1), default=4096, show_default=True, help="Most steps per message."
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(min=1024),
+    default=4 * 2**20,
+    show_default=True,
+    help="Largest WebSocket message or HTTP body.",
+)
+@click.option("--access-log", is_flag=True, help="Log every HTTP request.")
+@user_errors
+def serve(
+    model,
+    host,
+    port,
+    device,
+    threads,
+    allow_unverified,
+    max_batch,
+    max_delay_ms,
+    max_streams,
+    idle_timeout,
+    token,
+    max_chunk,
+    max_message_bytes,
+    access_log,
+):
+    """Serve MODEL: WebSocket streams batched across streams, HTTP full-sequence inference.
+
+    \b
+    WS   /v1/streams    {"stream": "a", "features": [[...], ...]} / "tokens" / "reset" / "end"
+    POST /v1/infer      {"sequences": [...]}
+    GET  /v1/model  /health  /metrics  /openapi.json  /docs
+
+    SIGTERM stops accepting, answers every chunk already received, then closes each stream
+    with a notice (WebSocket close code 1001).
+
+    MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
+    runs:/RUN_ID/model (downloaded once, then run from the local cache).
+    """
+    from toolkit.runtime.engine import Engine
+    from toolkit.runtime.server import Settings, create_app, serve
+
+    bundle = local_bundle(model, allow_unverified)
+    engine = Engine(
+        bundle, device=device, threads=threads, allow_unverified=allow_unverified, bind_state=False, spin=False
+    )
+    settings = Settings(
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_streams=max_streams,
+        idle_timeout=idle_timeout,
+        token=token,
+        max_chunk=max_chunk,
+        max_message_bytes=max_message_bytes,
+    )
+    app = create_app(engine, settings, source=model)
+    mode = "streams and full sequences" if engine.step is not None else "full sequences only (bidirectional)"
+    click.echo(f"serving {bundle} on {engine.provider}: {mode}; http://{host}:{port}", err=True)
+    serve(app, host, port, max_message_bytes, access_log=access_log)

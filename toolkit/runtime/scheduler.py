@@ -1,0 +1,261 @@
+"""Batching the steps of many streams into one ONNX Runtime call, as Triton's sequence batcher does.
+
+Each stream owns a row ("slot") of a state pool, one array [L, slots, H] per state tensor of the
+step graph. Chunks wait in their stream's queue. The batcher takes the head chunk of up to
+`max_batch` streams (a stream at most once per batch, so its steps stay in order), waiting at most
+`max_delay` seconds for the batch to fill, gathers their state rows, runs `step.onnx` once per
+distinct chunk length, and scatters the outputs and new state back. Every stream's outputs equal
+those of stepping it alone: rows of a batch never mix in the recurrent ops.
+
+ONNX Runtime runs on one worker thread, off the event loop (one batch at a time: it already uses
+every core). The stream table is touched only on the event loop; the pool has a lock because the
+worker reads and writes it while the loop may grow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from toolkit.runtime.engine import Engine
+
+
+class TooManyStreams(Exception):
+    """The server already holds its maximum number of streams."""
+
+
+class StatePool:
+    """State rows of all open streams; a free row is all zeros (the trained initial state)."""
+
+    def __init__(self, engine: Engine, capacity: int, limit: int):
+        self.engine, self.limit = engine, limit
+        self.arrays = engine.initial_state(min(capacity, limit))
+        self.free = list(range(self.capacity))[::-1]
+        self.lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.arrays.values())).shape[1] if self.arrays else self.limit
+
+    def acquire(self) -> int:
+        if not self.free:
+            if self.capacity >= self.limit:
+                raise TooManyStreams(self.limit)
+            self._grow(min(2 * self.capacity, self.limit))
+        return self.free.pop()
+
+    def release(self, slot: int) -> None:
+        self.zero(slot)
+        self.free.append(slot)
+
+    def zero(self, slot: int) -> None:
+        with self.lock:
+            for a in self.arrays.values():
+                a[:, slot] = 0
+
+    def gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        with self.lock:
+            return {name: a[:, slots] for name, a in self.arrays.items()}
+
+    def scatter(self, slots: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        with self.lock:
+            for name, a in self.arrays.items():
+                a[:, slots] = state[name]
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        bigger = self.engine.initial_state(capacity)
+        with self.lock:
+            for name, a in self.arrays.items():
+                bigger[name][:, :old] = a
+            self.arrays = bigger
+        self.free.extend(range(capacity - 1, old - 1, -1))
+
+
+@dataclass(eq=False)
+class Job:
+    """A chunk to run, or a reset / end to apply in the stream's order."""
+
+    kind: str  # "chunk" | "reset" | "end"
+    done: Callable[[Stream, Job], None]  # called on the event loop once the job has run
+    chunk: np.ndarray | None = None
+    unknown: int = 0  # tokens of the chunk mapped to <unk> (for the reply)
+    arrived: float = field(default_factory=time.perf_counter)
+    start: int = 0  # the stream's step index of the chunk's first step (or steps, for end)
+    outputs: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Stream:
+    name: str
+    slot: int
+    steps: int = 0
+    pending: deque = field(default_factory=deque)
+    running: bool = False  # a chunk of it is in the batch being computed
+    ready: bool = False  # it waits in the scheduler's ready queue
+    closed: bool = False
+    last_active: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 256,
+        max_delay: float = 0.002,
+        max_streams: int = 10_000,
+        observer=None,
+        worker: ThreadPoolExecutor | None = None,
+    ):
+        if engine.step is None:
+            raise ValueError("a bidirectional model has no step graph to stream")
+        self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay
+        self.pool = StatePool(engine, capacity=256, limit=max_streams)
+        self.max_streams = max_streams
+        self.observer = observer  # Telemetry-like: on_batch(sizes, delays, seconds), on_done(job)
+        self.worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-onnxruntime")
+        self.open_streams = 0
+        self.ready: deque[Stream] = deque()
+        self.running: list[tuple[Stream, Job]] = []
+        self._arrival = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- streams (event loop only) ----------------------------------------------------------
+    def open(self, name: str) -> Stream:
+        stream = Stream(name, self.pool.acquire())
+        self.open_streams += 1
+        return stream
+
+    def submit(self, stream: Stream, job: Job) -> None:
+        stream.last_active = time.monotonic()
+        if job.kind != "chunk" and not stream.pending and not stream.running:
+            self._apply(stream, job)
+            return
+        stream.pending.append(job)
+        self._queue(stream)
+
+    def close(self, stream: Stream) -> None:
+        """Drop a stream and what it still had queued (nobody is left to answer)."""
+        if stream.closed:
+            return
+        stream.closed = True
+        stream.pending.clear()
+        self.open_streams -= 1
+        if not stream.running:  # else its batch releases the slot when it is done with it
+            self.pool.release(stream.slot)
+
+    def busy(self, stream: Stream) -> bool:
+        return stream.running or bool(stream.pending)
+
+    async def idle(self) -> None:
+        """Return once every accepted job has run."""
+        await self._idle.wait()
+
+    def _apply(self, stream: Stream, job: Job) -> None:
+        job.start = stream.steps
+        if job.kind == "reset":
+            self.pool.zero(stream.slot)
+            stream.steps = 0
+        else:  # end
+            self.close(stream)
+        job.done(stream, job)
+
+    def _queue(self, stream: Stream) -> None:
+        if stream.ready or stream.running or not stream.pending:
+            return
+        stream.ready = True
+        self.ready.append(stream)
+        self._idle.clear()
+        self._arrival.set()
+        if len(self.ready) >= self.max_batch:
+            self._full.set()
+
+    # ---- the batching loop -------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wait_for_batch()
+            batch = self._take()
+            if not batch:
+                continue
+            self.running = batch
+            started = time.perf_counter()
+            try:
+                outputs = await loop.run_in_executor(self.worker, self._compute, batch)
+                error = None
+            except Exception as e:  # a failed run leaves every state row as it was
+                outputs, error = [None] * len(batch), f"inference failed: {type(e).__name__}: {e}"
+            if self.observer:
+                self.observer.on_batch(batch, started, time.perf_counter() - started)
+            self.running = []
+            self._finish(batch, outputs, error)
+
+    async def _wait_for_batch(self) -> None:
+        while not self.ready:
+            self._idle.set()
+            self._arrival.clear()
+            await self._arrival.wait()
+        # The oldest waiting chunk sets the deadline (a stream closed while queued has none).
+        arrived = next((s.pending[0].arrived for s in self.ready if s.pending), None)
+        waited = time.perf_counter() - arrived if arrived is not None else self.max_delay
+        if len(self.ready) < self.max_batch and waited < self.max_delay:
+            self._full.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.max_delay - waited)
+
+    def _take(self) -> list[tuple[Stream, Job]]:
+        """The head chunk of up to max_batch ready streams; resets and ends met on the way are
+        applied here, in their stream's order."""
+        batch = []
+        while self.ready and len(batch) < self.max_batch:
+            stream = self.ready.popleft()
+            stream.ready = False
+            while stream.pending and stream.pending[0].kind != "chunk":
+                self._apply(stream, stream.pending.popleft())
+            if stream.pending and not stream.closed:
+                job = stream.pending.popleft()
+                job.start = stream.steps
+                stream.running = True
+                batch.append((stream, job))
+        return batch
+
+    def _compute(self, batch: list[tuple[Stream, Job]]) -> list[np.ndarray]:
+        """Worker thread: one step-graph call per distinct chunk length."""
+        engine = self.engine
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, (_, job) in enumerate(batch):
+            groups[len(job.chunk)].append(i)
+        outputs: list[np.ndarray | None] = [None] * len(batch)
+        for rows in groups.values():
+            slots = np.array([batch[i][0].slot for i in rows])
+            x = np.stack([batch[i][1].chunk for i in rows])
+            y, *new = engine.step.run(engine.step_outputs, {engine.input_name: x, **self.pool.gather(slots)})
+            self.pool.scatter(slots, dict(zip(engine.state_names, new, strict=True)))
+            for row, i in enumerate(rows):
+                outputs[i] = y[row]
+        return outputs
+
+    def _finish(self, batch, outputs, error: str | None) -> None:
+        for (stream, job), y in zip(batch, outputs, strict=True):
+            stream.running = False
+            if stream.closed:
+                self.pool.release(stream.slot)
+                continue
+            if error is None:
+                stream.steps += len(job.chunk)
+            job.outputs, job.error = y, error
+            job.done(stream, job)
+            self._queue(stream)
+        if not self.ready:
+            self._idle.set()

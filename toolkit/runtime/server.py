@@ -1,0 +1,488 @@
+"""`rnnkit serve`: streams over WebSocket, batched across streams; full sequences over HTTP.
+
+    WS   /v1/streams     messages as `rnnkit stream`'s, one JSON object per text frame; any number
+                         of streams per connection; state lives here, per stream, until the stream
+                         ends, idles past the timeout or its connection closes
+    POST /v1/infer       {"sequences": [...]} -> {"results": [...]} (bidirectional models too)
+    GET  /v1/model       the bundle's manifest
+    GET  /health         liveness and readiness (/health/live, /health/ready for probes)
+    GET  /metrics        Prometheus text format
+    GET  /openapi.json   OpenAPI description of the HTTP part (/docs renders it)
+
+Replies on a stream: {"stream", "step", "outputs", "predictions"} per chunk, {"stream", "reset": true},
+{"stream", "end": true, "steps"}; refusals {"message": N, "stream", "error", "code"} where code is
+HTTP-style (400 bad message, 404 unknown stream, 410 evicted, 413 too many steps, 429 too many
+streams or chunks waiting, 503 shutting down) and N counts the connection's messages from 1. A
+refusal never touches the state of any stream. Notices: {"stream", "evicted": true, "reason",
+"steps"} and, on shutdown, {"stream", "closed": true, "reason", "steps"} before close code 1001.
+
+Runs ONNX Runtime, NumPy, Starlette/FastAPI and uvicorn only: no torch, no mlflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import signal
+import sys
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import parse_qs
+
+import uvicorn
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.websockets import WebSocketDisconnect
+
+from toolkit.runtime.engine import Engine, InputError
+from toolkit.runtime.infer import result
+from toolkit.runtime.messages import Codec, MessageError
+from toolkit.runtime.scheduler import Job, Scheduler, Stream, TooManyStreams
+from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
+
+log = logging.getLogger("rnnkit.serve")
+OPEN_PATHS = ("/health", "/health/live", "/health/ready")  # probes need no token
+MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client must read its replies
+OUTBOX_LIMIT = 4096  # replies waiting to be sent on one connection before it stops reading
+EVICTED_MEMORY = 4096  # evicted stream names remembered per connection, to say so if they come back
+
+
+@dataclass
+class Settings:
+    max_batch: int = 256
+    max_delay_ms: float = 2.0
+    max_streams: int = 10_000
+    idle_timeout: float = 300.0
+    token: str | None = None
+    max_chunk: int = 4096
+    max_message_bytes: int = 4 * 2**20
+    drain_timeout: float = 30.0
+
+
+class Hub:
+    """The model, the scheduler and every open connection; one per server."""
+
+    def __init__(self, engine: Engine, settings: Settings, source: str):
+        self.engine, self.settings, self.source = engine, settings, source
+        self.codec = Codec(engine.manifest, max_chunk=settings.max_chunk)
+        self.telemetry = Telemetry(settings.max_batch)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-onnxruntime")
+        self.scheduler: Scheduler | None = None  # bidirectional models do not stream
+        self.connections: set[Connection] = set()
+        self.ready = False
+        self.draining = False
+        self.started = time.time()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        if self.engine.step is not None:
+            s = self.settings
+            self.scheduler = Scheduler(
+                self.engine, s.max_batch, s.max_delay_ms / 1e3, s.max_streams, self.telemetry, self.worker
+            )
+            self.telemetry.active_streams.set_function(lambda: self.scheduler.open_streams)
+            self._tasks = [asyncio.create_task(self.scheduler.run()), asyncio.create_task(self._evict_idle())]
+        self.ready = True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.worker.shutdown(wait=True)
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new messages, answer every accepted chunk, then close each stream with
+        a notice and each connection with code 1001."""
+        self.draining, self.ready = True, False
+        timeout = self.settings.drain_timeout
+        if self.scheduler is not None:
+            try:
+                await asyncio.wait_for(self.scheduler.idle(), timeout)
+            except asyncio.TimeoutError:
+                log.error("drain: chunks still queued after %g s; closing anyway", timeout)
+        connections = list(self.connections)
+        for connection in connections:
+            connection.shutdown("server shutting down")
+        senders = [c.sender for c in connections if c.sender is not None]
+        if senders:
+            await asyncio.wait(senders, timeout=timeout)
+
+    async def _evict_idle(self) -> None:
+        timeout = self.settings.idle_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            deadline = time.monotonic() - timeout
+            for connection in list(self.connections):
+                for stream in list(connection.streams.values()):
+                    if stream.last_active < deadline and not self.scheduler.busy(stream):
+                        connection.evict(stream, f"idle for more than {timeout:g} s")
+
+    def health(self) -> dict:
+        return {
+            "live": True,
+            "ready": self.ready,
+            "draining": self.draining,
+            "model": self.source,
+            "task": self.engine.manifest["task"],
+            "provider": self.engine.provider,
+            "streaming": self.engine.step is not None,
+            "streams": self.scheduler.open_streams if self.scheduler else 0,
+            "connections": len(self.connections),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+
+class Connection:
+    """One WebSocket: its streams, its replies in order, refusals for this connection only."""
+
+    def __init__(self, hub: Hub, ws: WebSocket):
+        self.hub, self.ws = hub, ws
+        self.streams: dict[str, Stream] = {}
+        self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.sender: asyncio.Task | None = None
+        self.messages = 0
+
+    async def serve(self) -> None:
+        hub = self.hub
+        hub.connections.add(self)
+        hub.telemetry.connections.inc()
+        self.sender = asyncio.create_task(self._send())
+        try:
+            while True:
+                while self.outbox.qsize() > OUTBOX_LIMIT:  # a client that does not read is not read
+                    await asyncio.sleep(0.005)
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    self.messages += 1
+                    self.refuse(None, "binary frames are not accepted: send each message as a JSON text frame", 400)
+                else:
+                    self.handle(text)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            hub.connections.discard(self)
+            hub.telemetry.connections.dec()
+            for stream in self.streams.values():
+                hub.scheduler.close(stream)
+            self.streams.clear()
+            if not hub.draining:  # else drain() lets the sender flush and close
+                self.sender.cancel()
+
+    def handle(self, text: str) -> None:
+        hub, codec = self.hub, self.hub.codec
+        self.messages += 1
+        try:
+            msg = codec.parse(text)
+        except MessageError as e:
+            return self.refuse(e.stream, str(e), e.code)
+        hub.telemetry.requests.labels(msg.kind).inc()
+        name = msg.stream
+        if hub.draining:
+            return self.refuse(name, "the server is shutting down; this message was not run", 503)
+        stream = self.streams.get(name)
+        if stream is None:
+            if name in self.evicted:
+                if msg.kind == "chunk":
+                    return self.refuse(
+                        name,
+                        f"stream {name!r} was closed after {hub.settings.idle_timeout:g} s idle, at step "
+                        f'{self.evicted[name]}; its state is gone: send {{"stream": "{name}", "reset": true}} to '
+                        "start it again from the initial state",
+                        410,
+                    )
+                steps = self.evicted.pop(name)  # reset or end of an evicted stream: acknowledged
+                return self.send(
+                    {"stream": name, "reset": True}
+                    if msg.kind == "reset"
+                    else {"stream": name, "end": True, "steps": steps}
+                )
+            if msg.kind != "chunk":
+                return self.refuse(
+                    name,
+                    f"unknown stream {name!r} on this connection: a chunk opens a stream; {msg.kind} needs an open one",
+                    404,
+                )
+            try:
+                stream = self.streams[name] = hub.scheduler.open(name)
+            except TooManyStreams:
+                return self.refuse(
+                    name,
+                    f"the server holds its limit of {hub.settings.max_streams} streams; end a stream or retry later",
+                    429,
+                )
+        if msg.kind == "chunk" and len(stream.pending) >= MAX_PENDING:
+            return self.refuse(name, f"stream {name!r} has {MAX_PENDING} chunks waiting; read their replies first", 429)
+        if msg.kind == "end":  # a chunk after the end opens a new stream of that name
+            del self.streams[name]
+        hub.scheduler.submit(stream, Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown))
+
+    def _done(self, stream: Stream, job: Job) -> None:
+        if job.kind == "reset":
+            self.send({"stream": stream.name, "reset": True})
+        elif job.kind == "end":
+            self.send({"stream": stream.name, "end": True, "steps": job.start})
+        elif job.error:
+            self.refuse(stream.name, job.error, 500)
+        else:
+            self.send(self.hub.codec.reply(stream.name, job.start, job.outputs, job.unknown))
+
+    def evict(self, stream: Stream, reason: str) -> None:
+        self.hub.scheduler.close(stream)
+        del self.streams[stream.name]
+        self.evicted[stream.name] = stream.steps
+        if len(self.evicted) > EVICTED_MEMORY:
+            self.evicted.popitem(last=False)
+        self.hub.telemetry.evictions.inc()
+        self.send({"stream": stream.name, "evicted": True, "reason": reason, "steps": stream.steps})
+
+    def shutdown(self, reason: str) -> None:
+        for stream in self.streams.values():
+            self.send({"stream": stream.name, "closed": True, "reason": reason, "steps": stream.steps})
+        self.outbox.put_nowait((1001, reason))
+
+    def refuse(self, stream: str | None, error: str, code: int) -> None:
+        self.hub.telemetry.errors.labels(str(code)).inc()
+        self.send({"message": self.messages, "stream": stream, "error": error, "code": code})
+
+    def send(self, obj: dict) -> None:
+        self.outbox.put_nowait(json.dumps(obj))
+
+    async def _send(self) -> None:
+        with contextlib.suppress(Exception):  # the client went away: the receiving side ends the connection
+            while True:
+                item = await self.outbox.get()
+                if isinstance(item, tuple):
+                    await self.ws.close(*item)
+                    return
+                await self.ws.send_text(item)
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------
+class InferRequest(BaseModel):
+    sequences: list[list[str]] | list[list[list[float]]] = Field(
+        description="Sequences to run whole: lists of tokens (strings) for a token model, lists of steps "
+        "(each a list of `num_features` numbers) for a feature model. Each gets its own result."
+    )
+
+
+class InferResponse(BaseModel):
+    results: list[dict] = Field(
+        description='Per sequence, in order: classify {"prediction", "scores"}; tag / lm {"predictions"} per step; '
+        'regress {"values"}.'
+    )
+    provider: str
+
+
+def _package_version() -> str:
+    try:
+        return version("rnnkit")
+    except PackageNotFoundError:
+        return "0"
+
+
+def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
+    hub = Hub(engine, settings, source)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await hub.start()
+        yield
+        await hub.stop()
+
+    app = FastAPI(
+        title="rnnkit serve",
+        version=_package_version(),
+        description=__doc__.split("\n\n")[0] + "\n\nWebSocket streams: `/v1/streams` (see the README).",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    if settings.token:
+        app.add_middleware(TokenAuth, token=settings.token)
+
+    @app.websocket("/v1/streams")
+    async def streams(ws: WebSocket):
+        refusal = None
+        if hub.draining:
+            refusal = (503, "the server is shutting down")
+        elif hub.scheduler is None:
+            refusal = (409, "this model is bidirectional and cannot stream: POST whole sequences to /v1/infer")
+        elif hub.scheduler.open_streams >= settings.max_streams:
+            refusal = (429, f"the server holds its limit of {settings.max_streams} streams; retry later")
+        if refusal:
+            hub.telemetry.errors.labels(str(refusal[0])).inc()
+            await deny(ws, *refusal)
+            return
+        await ws.accept()
+        await Connection(hub, ws).serve()
+
+    @app.post(
+        "/v1/infer",
+        response_model=InferResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
+            }
+        },
+        responses={400: {"description": "Malformed request"}, 413: {"description": "Request too large"}},
+    )
+    async def infer(request: Request):
+        """Full-sequence inference on a batch of sequences (bidirectional models included)."""
+        hub.telemetry.requests.labels("infer").inc()
+        body = await read_body(request, settings.max_message_bytes)
+        if isinstance(body, Response):
+            hub.telemetry.errors.labels(str(body.status_code)).inc()
+            return body
+        try:
+            sequences = parse_sequences(hub.codec, body)
+        except MessageError as e:
+            hub.telemetry.errors.labels(str(e.code)).inc()
+            return JSONResponse({"error": str(e)}, status_code=e.code)
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(hub.worker, engine.infer, sequences)
+        except InputError as e:
+            hub.telemetry.errors.labels("400").inc()
+            return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"results": [result(engine.manifest, y) for y in outputs], "provider": engine.provider})
+
+    @app.get("/v1/model")
+    async def model() -> dict:
+        """The bundle's manifest: input and output specs, labels, state, parity summary."""
+        return {"source": source, "provider": engine.provider, "manifest": engine.manifest}
+
+    @app.get("/health")
+    async def health():
+        """Liveness and readiness with a summary; 503 while starting or shutting down."""
+        return JSONResponse(hub.health(), status_code=200 if hub.ready else 503)
+
+    @app.get("/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/health/ready")
+    async def ready():
+        return JSONResponse({"ready": hub.ready}, status_code=200 if hub.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus text format."""
+        return Response(hub.telemetry.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+async def read_body(request: Request, limit: int) -> bytes | Response:
+    """The request body, or a 413 response once it passes `limit` bytes (before reading it all)."""
+    declared = request.headers.get("content-length")
+    too_large = JSONResponse(
+        {"error": f"request body over the limit of {limit} bytes; send fewer sequences per request"}, status_code=413
+    )
+    if declared and declared.isdigit() and int(declared) > limit:
+        return too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_sequences(codec: Codec, body: bytes) -> list:
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MessageError(f"malformed JSON ({e})") from None
+    if not isinstance(obj, dict) or set(obj) != {"sequences"}:
+        raise MessageError('the body must be a JSON object {"sequences": [...]}')
+    sequences = obj["sequences"]
+    if not isinstance(sequences, list) or not sequences:
+        raise MessageError('"sequences" must be a non-empty list')
+    kind = codec.input["kind"]
+    parsed = []
+    for i, values in enumerate(sequences):
+        try:
+            parsed.append(codec.steps(kind, values)[0])
+        except MessageError as e:
+            raise MessageError(f"sequences[{i}]: {e}", code=e.code) from None
+    return parsed
+
+
+async def deny(ws: WebSocket, status: int, reason: str) -> None:
+    """Refuse a WebSocket handshake with an HTTP status where the server supports it (uvicorn
+    does), else accept-less close code 1008 (policy) / 1013 (try again later)."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse({"error": reason}, status_code=status))
+    else:
+        await ws.close(1013 if status in (429, 503) else 1008, reason)
+
+
+class TokenAuth:
+    """With --token: every request but the health probes needs `Authorization: Bearer TOKEN`
+    (or `?token=TOKEN`, for browsers, whose WebSocket API cannot set headers)."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            return await self.app(scope, receive, send)
+        reply = JSONResponse(
+            {"error": "missing or wrong token: send the header `Authorization: Bearer TOKEN`"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        if scope["type"] == "http":
+            return await reply(scope, receive, send)
+        await deny(WebSocket(scope, receive, send), 401, "missing or wrong token")
+
+    def _allowed(self, scope) -> bool:
+        given = b""
+        for key, value in scope.get("headers", []):
+            if key == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+        if not given:
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0].encode()
+        return hmac.compare_digest(given, self.token)
+
+
+class Server(uvicorn.Server):
+    """uvicorn, with SIGTERM draining the streams before uvicorn closes the connections."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub):
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets=None) -> None:
+        for server in getattr(self, "servers", []):
+            server.close()  # stop accepting
+        await self.hub.drain()
+        await super().shutdown(sockets)
+
+
+def serve(app: FastAPI, host: str, port: int, max_message_bytes: int, log_level: str = "info", access_log=False):
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws_max_size=max_message_bytes,
+        ws_per_message_deflate=False,  # compressing small JSON frames costs more CPU than it saves on a LAN
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=int(app.state.hub.settings.drain_timeout),
+    )
+    # uvicorn drains on SIGTERM, restores the handler it found and raises the signal again; with
+    # this one in place, a drained server exits with status 0 rather than "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    Server(config, app.state.hub).run()
