@@ -150,6 +150,53 @@ def test_concurrent_streams_equal_offline_model(bundles):
     assert mean_batch > 1.5  # steps of different streams really shared calls
 
 
+def test_array_frames_multiplex_streams_exactly(bundles):
+    """A gateway's connection: each frame is an array of messages for many streams; replies come
+    back as arrays. A bad element is refused alone; every stream still equals the offline model."""
+    engine = Engine(bundles["uni"], device="cpu")
+    rng = np.random.default_rng(4)
+    sequences = {f"s{j}": features(rng, int(rng.integers(5, 40))) for j in range(12)}
+    got: dict[str, list] = {name: [] for name in sequences}
+    errors = []
+    with server(bundles["uni"], "--max-batch", "8") as (_, address):
+        with connect(f"ws://{address}/v1/streams") as ws:
+            pos = dict.fromkeys(sequences, 0)
+            frames = 0
+            while any(pos[n] < len(seq) for n, seq in sequences.items()):
+                frame = []
+                for name, seq in sequences.items():
+                    if pos[name] < len(seq) and rng.random() < 0.7:
+                        size = int(rng.integers(1, 6))
+                        frame.append({"stream": name, "features": seq[pos[name] : pos[name] + size]})
+                        pos[name] += len(frame[-1]["features"])
+                if not frame:
+                    continue
+                if frames == 2:  # one bad element in the middle of a frame
+                    frame.insert(1, {"stream": "s0", "features": [[1.0, "x"]]})
+                ws.send(json.dumps(frame))
+                frames += 1
+                expected = len(frame)
+                while expected:
+                    replies = json.loads(ws.recv(timeout=30))
+                    assert isinstance(replies, list), replies
+                    for reply in replies:
+                        (errors if "error" in reply else got[reply["stream"]]).append(reply)
+                    expected -= len(replies)
+            ws.send("[]")
+            empty = json.loads(ws.recv(timeout=30))
+    print(f"{frames} frames; refused: {errors}; empty frame: {empty}")
+    assert len(errors) == 1 and errors[0]["stream"] == "s0" and "feature 2: expected a number" in errors[0]["error"]
+    assert empty[0]["code"] == 400 and "at least one message" in empty[0]["error"]
+    worst = 0.0
+    for name, seq in sequences.items():
+        streamed = np.concatenate([np.array(r["outputs"]) for r in got[name]])
+        offline = engine.infer([np.array(seq, dtype=np.float32)])[0]
+        assert streamed.shape == offline.shape, name
+        worst = max(worst, float(np.abs(streamed - offline).max()))
+    print(f"12 multiplexed streams: max |served - offline| {worst:.2e}")
+    assert worst <= 1e-5
+
+
 def _samples(text: str, prefix: str):
     for line in text.splitlines():
         if line.startswith(prefix) and "{" not in line:
@@ -172,7 +219,7 @@ def test_bad_messages_are_answered_on_their_stream_only(bundles):
         ('{"stream": "zz", "reset": true}', 404, "unknown stream 'zz'"),
         ('{"stream": "a", "features": ' + json.dumps([[0.0, 0.0]] * 9) + "}", 413, "at most 8 per message"),
         ('{"stream": "a", "features": [[1, 2]], "extra": 1}', 400, "unknown field(s) extra"),
-        ('[{"stream": "a"}]', 400, "must be a JSON object"),
+        ('"just a string"', 400, "must be a JSON object"),
     ]
     with server(bundles["uni"], "--max-chunk", "8") as (proc, address):
         with connect(f"ws://{address}/v1/streams") as ws, connect(f"ws://{address}/v1/streams") as ws2:

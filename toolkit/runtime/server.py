@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import signal
 import sys
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import parse_qs
 
+import orjson
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
@@ -43,7 +43,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.infer import result
-from toolkit.runtime.messages import Codec, MessageError
+from toolkit.runtime.messages import Codec, Message, MessageError, loads
 from toolkit.runtime.scheduler import Job, Scheduler, Stream, TooManyStreams
 from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 
@@ -148,6 +148,7 @@ class Connection:
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.sender: asyncio.Task | None = None
         self.messages = 0
+        self.arrays = False  # the client sends array frames, so replies go out as arrays
 
     async def serve(self) -> None:
         hub = self.hub
@@ -165,8 +166,16 @@ class Connection:
                 if text is None:
                     self.messages += 1
                     self.refuse(None, "binary frames are not accepted: send each message as a JSON text frame", 400)
+                elif text[:1] == "[":
+                    self.handle_frame(text)
                 else:
-                    self.handle(text)
+                    self.messages += 1
+                    try:
+                        msg = self.hub.codec.parse(text)
+                    except MessageError as e:
+                        self.refuse(e.stream, str(e), e.code)
+                    else:
+                        self.handle(msg)
         except WebSocketDisconnect:
             pass
         finally:
@@ -178,14 +187,31 @@ class Connection:
             if not hub.draining:  # else drain() lets the sender flush and close
                 self.sender.cancel()
 
-    def handle(self, text: str) -> None:
-        hub, codec = self.hub, self.hub.codec
-        self.messages += 1
+    def handle_frame(self, text: str) -> None:
+        """An array of messages in one frame (a gateway multiplexing many streams): each is
+        handled as if it came alone, and from now on replies go out as arrays too."""
+        self.arrays = True
         try:
-            msg = codec.parse(text)
+            items = loads(text)
         except MessageError as e:
-            return self.refuse(e.stream, str(e), e.code)
-        hub.telemetry.requests.labels(msg.kind).inc()
+            self.messages += 1
+            return self.refuse(None, str(e), e.code)
+        if not items:
+            self.messages += 1
+            return self.refuse(None, "an array frame must hold at least one message", 400)
+        codec = self.hub.codec
+        for obj in items:
+            self.messages += 1
+            try:
+                msg = codec.message(obj)
+            except MessageError as e:
+                self.refuse(e.stream, str(e), e.code)
+            else:
+                self.handle(msg)
+
+    def handle(self, msg: Message) -> None:
+        hub = self.hub
+        hub.telemetry.messages[msg.kind].inc()
         name = msg.stream
         if hub.draining:
             return self.refuse(name, "the server is shutting down; this message was not run", 503)
@@ -255,16 +281,30 @@ class Connection:
         self.send({"message": self.messages, "stream": stream, "error": error, "code": code})
 
     def send(self, obj: dict) -> None:
-        self.outbox.put_nowait(json.dumps(obj))
+        self.outbox.put_nowait(orjson.dumps(obj).decode())
 
     async def _send(self) -> None:
+        """Replies in order; on a connection that sends array frames, whatever is ready goes out
+        as one array frame (all replies of a batch, typically)."""
+        outbox, ws = self.outbox, self.ws
         with contextlib.suppress(Exception):  # the client went away: the receiving side ends the connection
             while True:
-                item = await self.outbox.get()
-                if isinstance(item, tuple):
-                    await self.ws.close(*item)
+                ready = [await outbox.get()]
+                while not outbox.empty():
+                    ready.append(outbox.get_nowait())
+                close = next((item for item in ready if isinstance(item, tuple)), None)  # (code, reason)
+                if close:  # nothing after it goes out
+                    ready = ready[: ready.index(close)]
+                if not ready:
+                    pass
+                elif self.arrays:
+                    await ws.send_text("[" + ",".join(ready) + "]")
+                else:
+                    for text in ready:
+                        await ws.send_text(text)
+                if close:
+                    await ws.close(*close)
                     return
-                await self.ws.send_text(item)
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------
@@ -400,10 +440,7 @@ async def read_body(request: Request, limit: int) -> bytes | Response:
 
 
 def parse_sequences(codec: Codec, body: bytes) -> list:
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MessageError(f"malformed JSON ({e})") from None
+    obj = loads(body)
     if not isinstance(obj, dict) or set(obj) != {"sequences"}:
         raise MessageError('the body must be a JSON object {"sequences": [...]}')
     sequences = obj["sequences"]
