@@ -72,7 +72,7 @@ def stream(model, device, threads, max_chunk, allow_unverified):
                 failed += 1
                 _send({"line": number, "error": str(e)})
                 continue
-            _send(codec.reply(msg.stream, start, outputs, msg.unknown))
+            _send(codec.reply(msg.stream, start, codec.present(outputs[None])[0], msg.unknown))
     sys.exit(1 if failed else 0)
 
 

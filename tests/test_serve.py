@@ -158,32 +158,31 @@ def test_array_frames_multiplex_streams_exactly(bundles):
     sequences = {f"s{j}": features(rng, int(rng.integers(5, 40))) for j in range(12)}
     got: dict[str, list] = {name: [] for name in sequences}
     errors = []
-    with server(bundles["uni"], "--max-batch", "8") as (_, address):
-        with connect(f"ws://{address}/v1/streams") as ws:
-            pos = dict.fromkeys(sequences, 0)
-            frames = 0
-            while any(pos[n] < len(seq) for n, seq in sequences.items()):
-                frame = []
-                for name, seq in sequences.items():
-                    if pos[name] < len(seq) and rng.random() < 0.7:
-                        size = int(rng.integers(1, 6))
-                        frame.append({"stream": name, "features": seq[pos[name] : pos[name] + size]})
-                        pos[name] += len(frame[-1]["features"])
-                if not frame:
-                    continue
-                if frames == 2:  # one bad element in the middle of a frame
-                    frame.insert(1, {"stream": "s0", "features": [[1.0, "x"]]})
-                ws.send(json.dumps(frame))
-                frames += 1
-                expected = len(frame)
-                while expected:
-                    replies = json.loads(ws.recv(timeout=30))
-                    assert isinstance(replies, list), replies
-                    for reply in replies:
-                        (errors if "error" in reply else got[reply["stream"]]).append(reply)
-                    expected -= len(replies)
-            ws.send("[]")
-            empty = json.loads(ws.recv(timeout=30))
+    with server(bundles["uni"], "--max-batch", "8") as (_, address), connect(f"ws://{address}/v1/streams") as ws:
+        pos = dict.fromkeys(sequences, 0)
+        frames = 0
+        while any(pos[n] < len(seq) for n, seq in sequences.items()):
+            frame = []
+            for name, seq in sequences.items():
+                if pos[name] < len(seq) and rng.random() < 0.7:
+                    size = int(rng.integers(1, 6))
+                    frame.append({"stream": name, "features": seq[pos[name] : pos[name] + size]})
+                    pos[name] += len(frame[-1]["features"])
+            if not frame:
+                continue
+            if frames == 2:  # one bad element in the middle of a frame
+                frame.insert(1, {"stream": "s0", "features": [[1.0, "x"]]})
+            ws.send(json.dumps(frame))
+            frames += 1
+            expected = len(frame)
+            while expected:
+                replies = json.loads(ws.recv(timeout=30))
+                assert isinstance(replies, list), replies
+                for reply in replies:
+                    (errors if "error" in reply else got[reply["stream"]]).append(reply)
+                expected -= len(replies)
+        ws.send("[]")
+        empty = json.loads(ws.recv(timeout=30))
     print(f"{frames} frames; refused: {errors}; empty frame: {empty}")
     assert len(errors) == 1 and errors[0]["stream"] == "s0" and "feature 2: expected a number" in errors[0]["error"]
     assert empty[0]["code"] == 400 and "at least one message" in empty[0]["error"]

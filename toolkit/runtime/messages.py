@@ -126,10 +126,12 @@ class Codec:
         if all(type(step) is list and len(step) == width for step in steps) and NUMBERS.issuperset(
             map(type, chain.from_iterable(steps))
         ):
-            with np.errstate(over="ignore"):
-                x = np.array(steps, dtype=np.float32)
-            if np.isfinite(x).all():
-                return x
+            try:
+                x = np.array(steps, dtype=np.float64)
+            except OverflowError:  # an integer beyond float64
+                x = None
+            if x is not None and np.abs(x).max() <= FLOAT32_MAX:  # False for NaN and inf too
+                return x.astype(np.float32)
         for i, step in enumerate(steps, start=1):  # find and name the first bad value
             if not isinstance(step, list) or len(step) != width:
                 got = len(step) if isinstance(step, list) else type(step).__name__
@@ -143,14 +145,21 @@ class Codec:
                     raise MessageError(f"step {i}, feature {j}: {v} is beyond float32's range (±{FLOAT32_MAX:.4g})")
         raise AssertionError("unreachable: the fast path refused a valid chunk")
 
-    def reply(self, stream: str, start: int, outputs: np.ndarray, unknown: int = 0) -> dict:
-        """Per-step outputs of one chunk: logits/values, and predicted labels or tokens."""
-        out: dict = {"stream": stream, "step": start, "outputs": np.round(outputs.astype(np.float64), 6).tolist()}
-        labels = self.output.get("labels")
-        if labels is not None:
-            out["predictions"] = [labels[i] for i in outputs.argmax(-1)]
-        elif self.output["name"] == "logits":  # lm: the most likely next token
-            out["predictions"] = [self.input["vocab"][i] for i in outputs.argmax(-1)]
+    def present(self, outputs: np.ndarray) -> list[dict]:
+        """Outputs of a batch of chunks [rows, steps, ...] -> per row {"outputs": rounded values,
+        "predictions": labels or next tokens}; one NumPy pass for the whole batch."""
+        rounded = np.round(outputs.astype(np.float64), 6).tolist()
+        names = self.output.get("labels")
+        if names is None and self.output["name"] == "logits":  # lm: the most likely next token
+            names = self.input["vocab"]
+        if names is None:
+            return [{"outputs": row} for row in rounded]
+        best = outputs.argmax(-1).tolist()
+        return [{"outputs": row, "predictions": [names[i] for i in b]} for row, b in zip(rounded, best, strict=True)]
+
+    def reply(self, stream: str, start: int, presented: dict, unknown: int = 0) -> dict:
+        """The reply to one chunk, from its row of `present`."""
+        out = {"stream": stream, "step": start, **presented}
         if unknown:
             out["unknown_tokens"] = unknown
         return out

@@ -90,7 +90,7 @@ class Job:
     unknown: int = 0  # tokens of the chunk mapped to <unk> (for the reply)
     arrived: float = field(default_factory=time.perf_counter)
     start: int = 0  # the stream's step index of the chunk's first step (or steps, for end)
-    outputs: np.ndarray | None = None
+    outputs: object = None  # the chunk's row of the batch's outputs, as `present` gave it
     error: str | None = None
 
 
@@ -115,12 +115,16 @@ class Scheduler:
         max_streams: int = 10_000,
         observer=None,
         worker: ThreadPoolExecutor | None = None,
+        present: Callable[[np.ndarray], list] | None = None,
     ):
         if engine.step is None:
             raise ValueError("a bidirectional model has no step graph to stream")
         self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay
         self.pool = StatePool(engine, capacity=256, limit=max_streams)
         self.max_streams = max_streams
+        # Turns a group's outputs [rows, steps, ...] into per-row results in the worker thread, in
+        # one pass (rounding and lists for replies), rather than row by row on the event loop.
+        self.present = present or list
         self.observer = observer  # Telemetry-like: on_batch(sizes, delays, seconds), on_done(job)
         self.worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-onnxruntime")
         self.open_streams = 0
@@ -230,20 +234,20 @@ class Scheduler:
                 batch.append((stream, job))
         return batch
 
-    def _compute(self, batch: list[tuple[Stream, Job]]) -> list[np.ndarray]:
+    def _compute(self, batch: list[tuple[Stream, Job]]) -> list:
         """Worker thread: one step-graph call per distinct chunk length."""
         engine = self.engine
         groups: dict[int, list[int]] = defaultdict(list)
         for i, (_, job) in enumerate(batch):
             groups[len(job.chunk)].append(i)
-        outputs: list[np.ndarray | None] = [None] * len(batch)
+        outputs: list = [None] * len(batch)
         for rows in groups.values():
             slots = np.array([batch[i][0].slot for i in rows])
             x = np.stack([batch[i][1].chunk for i in rows])
             y, *new = engine.step.run(engine.step_outputs, {engine.input_name: x, **self.pool.gather(slots)})
             self.pool.scatter(slots, dict(zip(engine.state_names, new, strict=True)))
-            for row, i in enumerate(rows):
-                outputs[i] = y[row]
+            for i, presented in zip(rows, self.present(y), strict=True):
+                outputs[i] = presented
         return outputs
 
     def _finish(self, batch, outputs, error: str | None) -> None:

@@ -85,7 +85,13 @@ class Hub:
         if self.engine.step is not None:
             s = self.settings
             self.scheduler = Scheduler(
-                self.engine, s.max_batch, s.max_delay_ms / 1e3, s.max_streams, self.telemetry, self.worker
+                self.engine,
+                s.max_batch,
+                s.max_delay_ms / 1e3,
+                s.max_streams,
+                self.telemetry,
+                self.worker,
+                present=self.codec.present,
             )
             self.telemetry.active_streams.set_function(lambda: self.scheduler.open_streams)
             self._tasks = [asyncio.create_task(self.scheduler.run()), asyncio.create_task(self._evict_idle())]
