@@ -223,7 +223,7 @@ def main() -> None:
             results["soak"] = soak(bundle, args)
     print()
     for name, figures in results.items():
-        print(f"{name:<70} " + "  ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
+        print(f"{name:<70} " + "  ".join(f"{k} {v:,.1f}" for k, v in figures.items() if not isinstance(v, list)))
     print("\ntargets: >= 40,000 stream-steps/s, >= 8x unbatched, p99 <= 25 ms")
     for mode in MODES:
         if f"{mode}: batched" in results:

@@ -67,7 +67,8 @@ def serve(
     """Serve MODEL: WebSocket streams batched across streams, HTTP full-sequence inference.
 
     \b
-    WS   /v1/streams    {"stream": "a", "features": [[...], ...]} / "tokens" / "reset" / "end"
+    WS   /v1/streams    {"stream": "a", "features": [[...], ...]} / "tokens" / "reset" / "end",
+                        or an array of such messages per frame (replies then come as arrays)
     POST /v1/infer      {"sequences": [...]}
     GET  /v1/model  /health  /metrics  /openapi.json  /docs
 

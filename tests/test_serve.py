@@ -379,6 +379,37 @@ def test_http_infer_model_health_metrics_and_openapi(bundles):
         assert 'rnnkit_requests_total{kind="infer"} 3.0' in metrics
 
 
+def test_a_vanished_client_frees_its_streams_and_disturbs_no_other(bundles):
+    """A token model: one client sends chunks for 20 streams and drops the connection without
+    reading; a second client's stream is unaffected and the first one's state rows are freed."""
+    engine = Engine(bundles["tok"], device="cpu")
+    vocab = engine.manifest["input"]["vocab"]
+    rng = np.random.default_rng(5)
+    sentence = [vocab[i] for i in rng.integers(4, len(vocab), size=30)]
+    with server(bundles["tok"], "--max-batch", "8") as (proc, address):
+        with connect(f"ws://{address}/v1/streams") as ws:
+            for k in range(60):
+                ws.send(json.dumps({"stream": f"gone{k % 20}", "tokens": sentence[: 1 + k % 5]}))
+        with connect(f"ws://{address}/v1/streams") as ws:
+            replies = []
+            for k in range(0, 30, 7):
+                ws.send(json.dumps({"stream": "kept", "tokens": sentence[k : k + 7]}))
+                replies.append(json.loads(ws.recv(timeout=30)))
+            ws.send(json.dumps({"stream": "kept", "end": True}))
+            assert json.loads(ws.recv(timeout=30)) == {"stream": "kept", "end": True, "steps": 30}
+            deadline = time.monotonic() + 10
+            while (health := http(address, "/health")[1])["streams"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+        print("health after both clients:", health)
+        assert health["streams"] == 0 and proc.poll() is None
+    offline = engine.infer([engine_ids(engine, sentence)])[0]
+    served = np.concatenate([np.array(r["outputs"]) for r in replies])
+    labels = engine.manifest["output"]["labels"]
+    print(f"token stream through the server: max |served - offline| {np.abs(served - offline).max():.2e}")
+    assert np.abs(served - offline).max() <= 1e-5
+    assert sum((r["predictions"] for r in replies), []) == [labels[j] for j in offline.argmax(-1)]
+
+
 def engine_ids(engine: Engine, tokens: list[str]) -> np.ndarray:
     vocab = engine.manifest["input"]["vocab"]
     return np.array([vocab.index(t) for t in tokens], dtype=np.int64)

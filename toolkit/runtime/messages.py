@@ -23,6 +23,7 @@ from toolkit.data.vocab import Vocabulary
 
 FIELDS = {"stream", "tokens", "features", "reset", "end"}
 NUMBERS = frozenset((float, int))
+FEATURE_MESSAGE = {"stream", "features"}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -119,19 +120,65 @@ class Codec:
             tokens = [t.lower() for t in tokens]
         return self.vocab.encode(tokens), self.vocab.count_unknown(tokens)
 
+    def _checked(self, steps: list) -> np.ndarray | None:
+        """Steps as float32 [n, width], or None if any is not acceptable. As exact as the loop of
+        `_features`, which names the problem: plain numbers only (no bools, no strings, which
+        NumPy would convert), a rectangle of the model's width, finite in float32."""
+        width = self.input["num_features"]
+        if not (
+            all(type(step) is list and len(step) == width for step in steps)
+            and NUMBERS.issuperset(map(type, chain.from_iterable(steps)))
+        ):
+            return None
+        try:
+            x = np.array(steps, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64
+            return None
+        return x.astype(np.float32) if np.abs(x).max() <= FLOAT32_MAX else None  # False for NaN and inf
+
+    def messages(self, items: list) -> list[Message | MessageError]:
+        """The elements of an array frame -> each one's Message, or the MessageError refusing it.
+        A frame of plain feature chunks (a gateway's usual frame) is checked and converted in one
+        NumPy pass; anything else, element by element."""
+        fast = self._feature_frame(items)
+        if fast is not None:
+            return fast
+        out: list[Message | MessageError] = []
+        for obj in items:
+            try:
+                out.append(self.message(obj))
+            except MessageError as e:
+                out.append(e)
+        return out
+
+    def _feature_frame(self, items: list) -> list[Message] | None:
+        if self.input["kind"] != "features":
+            return None
+        for obj in items:
+            if not (
+                type(obj) is dict
+                and obj.keys() == FEATURE_MESSAGE
+                and type(obj["stream"]) is str
+                and obj["stream"]
+                and type(obj["features"]) is list
+                and 0 < len(obj["features"]) <= self.max_chunk
+            ):
+                return None
+        x = self._checked([step for obj in items for step in obj["features"]])
+        if x is None:
+            return None
+        out, at = [], 0
+        for obj in items:
+            n = len(obj["features"])
+            out.append(Message(obj["stream"], "chunk", x[at : at + n]))
+            at += n
+        return out
+
     def _features(self, steps: list) -> np.ndarray:
         width = self.input["num_features"]
-        # Fast path, as exact as the loop below: plain numbers only (no bools, no strings, which
-        # NumPy would convert), a rectangle of the model's width, finite in float32.
-        if all(type(step) is list and len(step) == width for step in steps) and NUMBERS.issuperset(
-            map(type, chain.from_iterable(steps))
-        ):
-            try:
-                x = np.array(steps, dtype=np.float64)
-            except OverflowError:  # an integer beyond float64
-                x = None
-            if x is not None and np.abs(x).max() <= FLOAT32_MAX:  # False for NaN and inf too
-                return x.astype(np.float32)
+        x = self._checked(steps)
+        if x is not None:
+            return x
         for i, step in enumerate(steps, start=1):  # find and name the first bad value
             if not isinstance(step, list) or len(step) != width:
                 got = len(step) if isinstance(step, list) else type(step).__name__
@@ -139,10 +186,11 @@ class Codec:
             for j, v in enumerate(step, start=1):
                 if isinstance(v, bool) or not isinstance(v, int | float):
                     raise MessageError(f"step {i}, feature {j}: expected a number, got {v!r}")
-                if not math.isfinite(v):
+                if isinstance(v, float) and not math.isfinite(v):  # (an int is finite, maybe huge)
                     raise MessageError(f"step {i}, feature {j}: {v} is not a finite number")
                 if abs(v) > FLOAT32_MAX:
-                    raise MessageError(f"step {i}, feature {j}: {v} is beyond float32's range (±{FLOAT32_MAX:.4g})")
+                    shown = str(v) if len(str(v)) <= 24 else f"{str(v)[:12]}...({len(str(v))} digits)"
+                    raise MessageError(f"step {i}, feature {j}: {shown} is beyond float32's range (±{FLOAT32_MAX:.4g})")
         raise AssertionError("unreachable: the fast path refused a valid chunk")
 
     def present(self, outputs: np.ndarray) -> list[dict]:

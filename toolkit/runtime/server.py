@@ -172,16 +172,12 @@ class Connection:
                 if text is None:
                     self.messages += 1
                     self.refuse(None, "binary frames are not accepted: send each message as a JSON text frame", 400)
-                elif text[:1] == "[":
-                    self.handle_frame(text)
                 else:
-                    self.messages += 1
                     try:
-                        msg = self.hub.codec.parse(text)
-                    except MessageError as e:
-                        self.refuse(e.stream, str(e), e.code)
-                    else:
-                        self.handle(msg)
+                        self.receive(text)
+                    except Exception:  # a bug must not take the connection's other streams with it
+                        log.exception("message %d on a connection", self.messages)
+                        self.refuse(None, "internal error on this message (logged by the server); not run", 500)
         except WebSocketDisconnect:
             pass
         finally:
@@ -192,6 +188,16 @@ class Connection:
             self.streams.clear()
             if not hub.draining:  # else drain() lets the sender flush and close
                 self.sender.cancel()
+
+    def receive(self, text: str) -> None:
+        if text[:1] == "[":
+            return self.handle_frame(text)
+        self.messages += 1
+        try:
+            msg = self.hub.codec.parse(text)
+        except MessageError as e:
+            return self.refuse(e.stream, str(e), e.code)
+        self.handle(msg)
 
     def handle_frame(self, text: str) -> None:
         """An array of messages in one frame (a gateway multiplexing many streams): each is
@@ -205,13 +211,10 @@ class Connection:
         if not items:
             self.messages += 1
             return self.refuse(None, "an array frame must hold at least one message", 400)
-        codec = self.hub.codec
-        for obj in items:
+        for msg in self.hub.codec.messages(items):
             self.messages += 1
-            try:
-                msg = codec.message(obj)
-            except MessageError as e:
-                self.refuse(e.stream, str(e), e.code)
+            if isinstance(msg, MessageError):
+                self.refuse(msg.stream, str(msg), msg.code)
             else:
                 self.handle(msg)
 
