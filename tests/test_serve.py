@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import websockets
 from websockets.sync.client import connect
 
 from tests.test_export import exported_bundles
+from tests.test_mlflow_tracking import free_port
 from tests.test_runtime import _cuda_works
 from toolkit.runtime.engine import Engine
 
@@ -34,12 +34,6 @@ def bundles(tmp_path_factory):
     return exported_bundles(
         tmp_path_factory, "lstm", [("uni", "regress-step", False), ("bi", "tag", True), ("tok", "tag", False)]
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
