@@ -8,8 +8,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -411,6 +413,43 @@ def test_a_vanished_client_frees_its_streams_and_disturbs_no_other(bundles):
     print(f"token stream through the server: max |served - offline| {np.abs(served - offline).max():.2e}")
     assert np.abs(served - offline).max() <= 1e-5
     assert sum((r["predictions"] for r in replies), []) == [labels[j] for j in offline.argmax(-1)]
+
+
+def test_a_client_that_never_reads_then_vanishes_is_cleaned_up(bundles):
+    """A client sends long chunks for 100 streams and reads nothing: once its unsent replies pass
+    the server's budget (8 MiB) the server stops reading it. Then it drops the socket: its
+    streams are freed, and the server goes on serving others."""
+    vocab = Engine(bundles["tok"], device="cpu").manifest["input"]["vocab"]
+    rng = np.random.default_rng(6)
+    chunk = json.dumps([vocab[i] for i in rng.integers(4, len(vocab), size=4096)])  # ~200 KB of replies each
+    sent = []
+    with server(bundles["tok"]) as (proc, address):
+        ws = connect(f"ws://{address}/v1/streams", max_size=None)
+
+        def flood():
+            with contextlib.suppress(Exception):  # ends when the socket is shut
+                for k in range(2000):
+                    ws.send(f'{{"stream": "s{k % 100}", "tokens": {chunk}}}')
+                    sent.append(k)
+
+        threading.Thread(target=flood, daemon=True).start()
+        stalled, last, deadline = 0, -1, time.monotonic() + 60
+        while stalled < 10 and time.monotonic() < deadline:  # 1 s without progress: the server stopped reading
+            time.sleep(0.1)
+            stalled, last = (stalled + 1, last) if len(sent) == last else (0, len(sent))
+        print(f"the server stopped reading after {len(sent)} of 2000 messages:", http(address, "/health")[1])
+        assert len(sent) < 2000, "the server read everything: the reply budget was never reached"
+        ws.socket.shutdown(socket.SHUT_RDWR)
+        ws.socket.close()
+        deadline = time.monotonic() + 20
+        while (health := http(address, "/health")[1])["connections"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print("after the client vanished:", health)
+        assert health["streams"] == 0 and health["connections"] == 0
+        with connect(f"ws://{address}/v1/streams") as other:
+            other.send(json.dumps({"stream": "a", "tokens": ["a", "b"]}))
+            assert json.loads(other.recv(timeout=30))["step"] == 0
+        assert proc.poll() is None
 
 
 def engine_ids(engine: Engine, tokens: list[str]) -> np.ndarray:

@@ -50,7 +50,7 @@ from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 log = logging.getLogger("rnnkit.serve")
 OPEN_PATHS = ("/health", "/health/live", "/health/ready")  # probes need no token
 MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client must read its replies
-OUTBOX_LIMIT = 4096  # replies waiting to be sent on one connection before it stops reading
+OUTBOX_BYTES = 8 * 2**20  # replies waiting to be sent on one connection before it stops reading
 EVICTED_MEMORY = 4096  # evicted stream names remembered per connection, to say so if they come back
 
 
@@ -152,6 +152,7 @@ class Connection:
         self.streams: dict[str, Stream] = {}
         self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
         self.outbox: asyncio.Queue = asyncio.Queue()
+        self.outbox_bytes = 0  # of the replies in the outbox
         self.sender: asyncio.Task | None = None
         self.messages = 0
         self.arrays = False  # the client sends array frames, so replies go out as arrays
@@ -163,8 +164,10 @@ class Connection:
         self.sender = asyncio.create_task(self._send())
         try:
             while True:
-                while self.outbox.qsize() > OUTBOX_LIMIT:  # a client that does not read is not read
-                    await asyncio.sleep(0.005)
+                while self.outbox_bytes > OUTBOX_BYTES and not self.sender.done():
+                    await asyncio.sleep(0.005)  # a client that does not read is not read
+                if self.sender.done():  # the client is gone (a send failed): end the connection
+                    break
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
@@ -290,7 +293,9 @@ class Connection:
         self.send({"message": self.messages, "stream": stream, "error": error, "code": code})
 
     def send(self, obj: dict) -> None:
-        self.outbox.put_nowait(orjson.dumps(obj).decode())
+        text = orjson.dumps(obj).decode()
+        self.outbox_bytes += len(text)
+        self.outbox.put_nowait(text)
 
     async def _send(self) -> None:
         """Replies in order; on a connection that sends array frames, whatever is ready goes out
@@ -301,6 +306,7 @@ class Connection:
                 ready = [await outbox.get()]
                 while not outbox.empty():
                     ready.append(outbox.get_nowait())
+                self.outbox_bytes -= sum(len(item) for item in ready if isinstance(item, str))
                 close = next((item for item in ready if isinstance(item, tuple)), None)  # (code, reason)
                 if close:  # nothing after it goes out
                     ready = ready[: ready.index(close)]
