@@ -186,6 +186,11 @@ def test_array_frames_multiplex_streams_exactly(bundles):
                 for reply in replies:
                     (errors if "error" in reply else got[reply["stream"]]).append(reply)
                 expected -= len(replies)
+        first = sequences["s1"][:3]  # a reset then a chunk in one frame: the chunk starts afresh
+        ws.send(json.dumps([{"stream": "s1", "reset": True}, {"stream": "s1", "features": first}]))
+        again = []
+        while len(again) < 2:
+            again += json.loads(ws.recv(timeout=30))
         ws.send("[]")
         empty = json.loads(ws.recv(timeout=30))
     print(f"{frames} frames; refused: {errors}; empty frame: {empty}")
@@ -199,6 +204,9 @@ def test_array_frames_multiplex_streams_exactly(bundles):
         worst = max(worst, float(np.abs(streamed - offline).max()))
     print(f"12 multiplexed streams: max |served - offline| {worst:.2e}")
     assert worst <= 1e-5
+    assert again[0] == {"stream": "s1", "reset": True} and again[1]["step"] == 0
+    restarted = engine.infer([np.array(first, dtype=np.float32)])[0]
+    assert np.abs(np.array(again[1]["outputs"]) - restarted).max() <= 1e-5
 
 
 def _samples(text: str, prefix: str):
