@@ -74,6 +74,9 @@ class Hub:
         self.codec = Codec(engine.manifest, max_chunk=settings.max_chunk)
         self.telemetry = Telemetry(settings.max_batch)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-onnxruntime")
+        # Whole sequences (POST /v1/infer) run on their own thread: a large request must not hold
+        # up the batcher's steps (ONNX Runtime sessions take concurrent runs).
+        self.infer_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-infer")
         self.scheduler: Scheduler | None = None  # bidirectional models do not stream
         self.connections: set[Connection] = set()
         self.ready = False
@@ -101,6 +104,7 @@ class Hub:
         for task in self._tasks:
             task.cancel()
         self.worker.shutdown(wait=True)
+        self.infer_worker.shutdown(wait=True)
 
     async def drain(self) -> None:
         """SIGTERM: refuse new messages, answer every accepted chunk, then close each stream with
@@ -405,7 +409,7 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
             return JSONResponse({"error": str(e)}, status_code=e.code)
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(hub.worker, engine.infer, sequences)
+            outputs = await loop.run_in_executor(hub.infer_worker, engine.infer, sequences)
         except InputError as e:
             hub.telemetry.errors.labels("400").inc()
             return JSONResponse({"error": str(e)}, status_code=400)
