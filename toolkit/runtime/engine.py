@@ -165,11 +165,8 @@ class Engine:
         if len(streams) == 1:
             return [streams[0].push(chunks[0])]
         chunks = [self.check(c, f"chunk {i}") for i, c in enumerate(chunks)]
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, chunk in enumerate(chunks):
-            by_length[len(chunk)].append(i)
         outputs: list[np.ndarray | None] = [None] * len(streams)
-        for group in by_length.values():
+        for group in by_length(chunks).values():
             x = np.stack([chunks[i] for i in group])
             # Gather each stream's state row (axis 1 = batch); device-held state comes to the host.
             state = {n: np.concatenate([_host(streams[i].state[n]) for i in group], axis=1) for n in self.state_names}
@@ -179,6 +176,14 @@ class Engine:
                 streams[i].state = {n: v[:, row : row + 1] for n, v in zip(self.state_names, new, strict=True)}
                 streams[i].steps += len(chunks[i])
         return outputs
+
+
+def by_length(chunks: Sequence) -> dict[int, list[int]]:
+    """Indices of `chunks` grouped by chunk length: one batched step-graph call per group."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, chunk in enumerate(chunks):
+        groups[len(chunk)].append(i)
+    return groups
 
 
 def _host(value) -> np.ndarray:

@@ -18,14 +18,14 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.runtime.engine import Engine
+from toolkit.runtime.engine import Engine, by_length
 
 
 class TooManyStreams(Exception):
@@ -119,17 +119,17 @@ class Scheduler:
     ):
         if engine.step is None:
             raise ValueError("a bidirectional model has no step graph to stream")
+        if engine.bind_state:
+            raise ValueError("the scheduler keeps state rows in host arrays: make the Engine with bind_state=False")
         self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay
         self.pool = StatePool(engine, capacity=256, limit=max_streams)
-        self.max_streams = max_streams
         # Turns a group's outputs [rows, steps, ...] into per-row results in the worker thread, in
         # one pass (rounding and lists for replies), rather than row by row on the event loop.
         self.present = present or list
-        self.observer = observer  # Telemetry-like: on_batch(sizes, delays, seconds), on_done(job)
+        self.observer = observer  # Telemetry-like: on_batch(batch, started, seconds)
         self.worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-onnxruntime")
         self.open_streams = 0
         self.ready: deque[Stream] = deque()
-        self.running: list[tuple[Stream, Job]] = []
         self._arrival = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
@@ -193,7 +193,6 @@ class Scheduler:
             batch = self._take()
             if not batch:
                 continue
-            self.running = batch
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self.worker, self._compute, batch)
@@ -202,7 +201,6 @@ class Scheduler:
                 outputs, error = [None] * len(batch), f"inference failed: {type(e).__name__}: {e}"
             if self.observer:
                 self.observer.on_batch(batch, started, time.perf_counter() - started)
-            self.running = []
             self._finish(batch, outputs, error)
 
     async def _wait_for_batch(self) -> None:
@@ -236,16 +234,12 @@ class Scheduler:
 
     def _compute(self, batch: list[tuple[Stream, Job]]) -> list:
         """Worker thread: one step-graph call per distinct chunk length."""
-        engine = self.engine
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, (_, job) in enumerate(batch):
-            groups[len(job.chunk)].append(i)
         outputs: list = [None] * len(batch)
-        for rows in groups.values():
+        for rows in by_length([job.chunk for _, job in batch]).values():
             slots = np.array([batch[i][0].slot for i in rows])
             x = np.stack([batch[i][1].chunk for i in rows])
-            y, *new = engine.step.run(engine.step_outputs, {engine.input_name: x, **self.pool.gather(slots)})
-            self.pool.scatter(slots, dict(zip(engine.state_names, new, strict=True)))
+            y, state = self.engine.run_step(x, self.pool.gather(slots))
+            self.pool.scatter(slots, state)
             for i, presented in zip(rows, self.present(y), strict=True):
                 outputs[i] = presented
         return outputs

@@ -12,9 +12,10 @@
 Replies on a stream: {"stream", "step", "outputs", "predictions"} per chunk, {"stream", "reset": true},
 {"stream", "end": true, "steps"}; refusals {"message": N, "stream", "error", "code"} where code is
 HTTP-style (400 bad message, 404 unknown stream, 410 evicted, 413 too many steps, 429 too many
-streams or chunks waiting, 503 shutting down) and N counts the connection's messages from 1. A
-refusal never touches the state of any stream. Notices: {"stream", "evicted": true, "reason",
-"steps"} and, on shutdown, {"stream", "closed": true, "reason", "steps"} before close code 1001.
+streams or chunks waiting, 500 an unexpected failure, 503 shutting down) and N counts the
+connection's messages from 1. A refusal never touches the state of any stream. Notices:
+{"stream", "evicted": true, "reason", "steps"} and, on shutdown, {"stream", "closed": true,
+"reason", "steps"} before close code 1001.
 
 Runs ONNX Runtime, NumPy, Starlette/FastAPI and uvicorn only: no torch, no mlflow.
 """
@@ -314,9 +315,7 @@ class Connection:
                 close = next((item for item in ready if isinstance(item, tuple)), None)  # (code, reason)
                 if close:  # nothing after it goes out
                     ready = ready[: ready.index(close)]
-                if not ready:
-                    pass
-                elif self.arrays:
+                if self.arrays and ready:
                     await ws.send_text("[" + ",".join(ready) + "]")
                 else:
                     for text in ready:
