@@ -60,7 +60,7 @@ def main() -> None:
     test = rnnkit("evaluate", run, "--data", str(jv_test))
     results.append(("JapaneseVowels", "biLSTM 1x64", "test accuracy", test["accuracy"]))
     checked = rnnkit("verify", f"{run}/bundle", "--checkpoint", run)
-    results.append(("  its ONNX bundle", "parity vs torch", "max abs error", checked["summary"]["max_abs"]))
+    results.append(("  its ONNX bundle", "parity vs torch", "worst error/budget", checked["summary"]["worst_margin"]))
     champion = f"models:/{REGISTERED}@champion"
     served = rnnkit("infer", champion, "--input", str(jv_test), "--output", f"{OUT}/jv-test-predictions.jsonl")
     results.append((f"  {champion}", "ONNX Runtime", "test accuracy", served["metrics"]["accuracy"]))

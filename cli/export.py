@@ -14,15 +14,23 @@ def print_report(report, as_json: bool, extra: dict | None = None) -> None:
     if as_json:
         click.echo(json.dumps({**report.to_dict(), **(extra or {})}))
         return
-    click.echo(f"{'case':<44} {'graph':<11} {'provider':<9} {'max abs':>9} {'max rel':>9}  result")
+    head = f"{'case':<44} {'graph':<10} {'provider':<8} {'max abs':>8} {'fp32 err':>8} {'budget':>8} {'margin':>6}"
+    click.echo(head + "  result")
     for c in report.cases:
         provider = c.provider.removesuffix("ExecutionProvider")
-        verdict = "pass" if c.passed else f"FAIL (> {c.tolerance:g})"
-        click.echo(f"{c.name:<44} {c.graph:<11} {provider:<9} {c.max_abs:9.2e} {c.max_rel:9.2e}  {verdict}")
-    summary = report.summary()
+        verdict = "pass" if c.passed else "FAIL"
+        click.echo(
+            f"{c.name:<44} {c.graph:<10} {provider:<8} {c.max_abs:8.1e} {c.noise:8.1e} {c.budget:8.1e} "
+            f"{c.margin:6.3f}  {verdict}"
+        )
+    summary, rule = report.summary(), report.rule
     click.echo(
-        f"{summary['cases'] - summary['failed']}/{summary['cases']} cases within {report.tolerance:g} "
-        f"(seed {report.seed}); worst {summary['worst_case']}: {summary['max_abs'] or 0:.2e}"
+        f"{summary['cases'] - summary['failed']}/{summary['cases']} cases within budget (seed {report.seed}); "
+        f"worst {summary['worst_case']}: margin {summary['worst_margin']:.3f}"
+    )
+    click.echo(
+        f"budget = {rule.factor:g} x fp32 err (torch float32's own error on the case) + {rule.floor_ulps:g} ulp of "
+        "max|reference|; margin = max abs / budget, pass <= 1"
     )
     for name, value in (extra or {}).items():
         click.echo(f"{name}: {value}")
@@ -45,7 +53,7 @@ def export(run_dir, out, opset, sample, seed, force, as_json):
     written = {"bundle": str(result.out) if result.written else None, "report": str(result.report_path)}
     print_report(result.report, as_json, written)
     if not result.report.passed:
-        failed = ", ".join(f"{c.name} ({c.max_abs:.2e})" for c in result.report.failures)
+        failed = ", ".join(f"{c.name} ({c.max_abs:.2e} > budget {c.budget:.2e})" for c in result.report.failures)
         click.echo(
             f"error: parity failed: {failed}" + ("; bundle written marked failed (--force)" if force else ""), err=True
         )
@@ -69,5 +77,6 @@ def verify(model, checkpoint, seed, as_json):
     report = run_verify(local_bundle(model, allow_unverified=True), checkpoint=checkpoint, seed=seed)
     print_report(report, as_json)
     if not report.passed:
-        click.echo("error: verification failed: " + ", ".join(c.name for c in report.failures), err=True)
+        failed = ", ".join(f"{c.name} ({c.max_abs:.2e} > budget {c.budget:.2e})" for c in report.failures)
+        click.echo(f"error: verification failed: {failed}", err=True)
         sys.exit(1)

@@ -87,11 +87,14 @@ def list_command(name, tracking_uri, as_json):
         click.echo(json.dumps({"name": name, "versions": rows}))
         return
     click.echo(f"{'version':<8} {'aliases':<16} {'parity':<16} {'created':<17} metrics")
+    # parity: the verdict and the closest case's margin (error / budget; <= 1 passes)
     for r in rows:
         if r["parity_passed"] is None:
             parity = "unknown"
         else:
-            parity = f"{'passed' if r['parity_passed'] else 'FAILED'} {r['parity_max_abs'] or 0:.1e}"
+            verdict = "passed" if r["parity_passed"] else "FAILED"
+            margin = r.get("parity_margin")
+            parity = f"{verdict} {margin:.2f}" if margin is not None else f"{verdict} {r['parity_max_abs'] or 0:.1e}"
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] / 1000))
         metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()))
         aliases = ",".join(r["aliases"]) or "-"

@@ -211,14 +211,15 @@ def train(
             if tracker:
                 tracker.finish(result, None)
             click.echo(
-                f"error: parity failed ({parity['worst_case']}: {parity['max_abs']:.2e}); "
+                f"error: parity failed ({parity['worst_case']}: {parity['worst_margin']:.2f} times its budget); "
                 f"report {exported.report_path}",
                 err=True,
             )
             sys.exit(1)
         bundle = exported.out
         click.echo(
-            f"bundle: {exported.out} ({parity['cases']} parity cases passed, max abs error {parity['max_abs']:.1e})"
+            f"bundle: {exported.out} ({parity['cases']} parity cases passed, worst at {parity['worst_margin']:.2f} "
+            f"of its budget, max abs error {parity['max_abs']:.1e})"
         )
     if tracker:
         tracker.finish(result, bundle)

@@ -64,7 +64,10 @@ def test_every_combination_exports_with_parity(tmp_path, task, cell, nonlinearit
     run = trained_run(tmp_path, task, cell, nonlinearity, bidirectional)
     result = export(run, tmp_path / "bundle", seed=1)
     worst = result.report.summary()
-    print(f"{task} {cell}/{nonlinearity} bi={bidirectional}: {worst['cases']} cases, max abs {worst['max_abs']:.2e}")
+    print(
+        f"{task} {cell}/{nonlinearity} bi={bidirectional}: {worst['cases']} cases, max abs {worst['max_abs']:.2e}, "
+        f"worst margin {worst['worst_margin']:.3f} ({worst['worst_case']})"
+    )
     assert result.written and result.report.passed, [c for c in result.report.failures]
     names = {p.name for p in (tmp_path / "bundle").iterdir()}
     expected = {"model.onnx", "manifest.json", "parity.json"} | (set() if bidirectional else {"step.onnx"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 from dataclasses import dataclass
@@ -60,56 +61,69 @@ def export(
     return ExportResult(out, report, manifest, False, kept)
 
 
-def certify(model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, seed: int, sample=None) -> parity.Report:
-    """Torch (float64) against ONNX Runtime on every provider that works here."""
-    reference_model = _float64_copy(model)
+def certify(
+    model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, seed: int, sample=None, rule=parity.FP32
+) -> parity.Report:
+    """ONNX Runtime against torch in float64, on every provider that works here, each case held
+    to the budget `rule` derives from torch's own float32 error on it (parity.py)."""
     rng = np.random.default_rng(seed)
+    reference = TorchReference(model, rng, rule)
     make_inputs = parity.InputMaker(input_dict, rng)
     cases = []
     for provider in _providers():
         full = parity.session(blobs["model.onnx"], provider)
         run_full = lambda x, lens, s=full: parity.run_full(s, x, lens)  # noqa: E731
-        reference = lambda x, lens: _torch_forward(reference_model, x, lens)  # noqa: E731
-        cases += parity.full_cases(run_full, reference, make_inputs, per_step, provider, sample)
-        cases.append(parity.padding_case(run_full, make_inputs, per_step, provider))
+        cases += parity.full_cases(run_full, reference, make_inputs, per_step, provider, rule, sample)
+        cases.append(parity.padding_case(run_full, reference, make_inputs, per_step, provider, rule))
         if "step.onnx" in blobs:
             step = parity.session(blobs["step.onnx"], provider)
-            cases += parity.stream_cases(
-                run_full,
-                lambda chunk, state, s=step: parity.run_step(s, chunk, state),
-                lambda x: _torch_state(reference_model, x),
-                make_inputs,
-                per_step,
-                provider,
-                rng,
-            )
-    return parity.Report(seed=seed, tolerance=parity.FP32_TOLERANCE, cases=cases)
+            run_step = lambda chunk, state, s=step: parity.run_step(s, chunk, state)  # noqa: E731
+            cases += parity.stream_cases(run_step, reference, make_inputs, per_step, provider, rng, rule)
+    return parity.Report(seed=seed, rule=rule, cases=cases)
 
 
-def _float64_copy(model):
-    import copy
+class TorchReference(parity.Reference):
+    """The model in float64 is the reference; the noise runs are the model in float32 as trained
+    and copies whose every weight is moved by about one ulp (`parity.perturbed_weights`)."""
 
-    return copy.deepcopy(model).double().eval()
+    name = "torch-fp64"
+
+    def __init__(self, model, rng: np.random.Generator, rule=parity.FP32):
+        self.fp64 = copy.deepcopy(model).double().eval()
+        self.fp32 = [copy.deepcopy(model).float().eval() for _ in range(rule.noise_runs)]
+        for m in self.fp32[1:]:
+            weights = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
+            perturbed = parity.perturbed_weights(weights, rng, rule.eps)
+            m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in perturbed.items()})
+
+    def outputs(self, x, lengths):
+        return _torch_forward(self.fp64, x, lengths), [_torch_forward(m, x, lengths) for m in self.fp32]
+
+    def state(self, x):
+        return _torch_state(self.fp64, x), [_torch_state(m, x) for m in self.fp32]
 
 
-def _as_torch(x: np.ndarray) -> torch.Tensor:
-    """Token ids stay int64; features go to float64 for the float64 reference model."""
-    return torch.from_numpy(x if x.dtype == np.int64 else x.astype(np.float64))
+def _as_torch(x: np.ndarray, model) -> torch.Tensor:
+    """Token ids stay int64; features take the model's float type."""
+    if x.dtype == np.int64:
+        return torch.from_numpy(x)
+    return torch.from_numpy(x).to(next(model.parameters()).dtype)
 
 
 @torch.no_grad()
 def _torch_forward(model, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    y, _ = model(_as_torch(x), torch.from_numpy(lengths))
-    return y.numpy()
+    y, _ = model(_as_torch(x, model), torch.from_numpy(lengths))
+    return y.double().numpy()
 
 
 @torch.no_grad()
 def _torch_state(model, x: np.ndarray) -> dict[str, np.ndarray]:
     """The final state after the whole stream, stacked per layer like step.onnx's: [L, B, H]."""
-    _, state = model(_as_torch(x))
+    _, state = model(_as_torch(x, model))
     if isinstance(state[0], tuple):
-        return {"h": torch.cat([s[0] for s in state]).numpy(), "c": torch.cat([s[1] for s in state]).numpy()}
-    return {"h": torch.cat(state).numpy()}
+        h, c = (torch.cat([s[k] for s in state]).double().numpy() for k in (0, 1))
+        return {"h": h, "c": c}
+    return {"h": torch.cat(state).double().numpy()}
 
 
 def _providers() -> list[str]:

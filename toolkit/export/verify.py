@@ -1,8 +1,10 @@
 """`rnnkit verify`: re-check a bundle on its own (and against its checkpoint when given).
 
 Without a checkpoint no torch is needed: the manifest's format and hashes, the onnx checker,
-and step.onnx against model.onnx on a fresh long stream (the state reference is step.onnx run
-over the whole stream in one call). With the checkpoint, the full torch-vs-ONNX certificate.
+a padded batch against its sequences one at a time, and step.onnx against model.onnx on a fresh
+long stream (the state reference is step.onnx run over the whole stream in one call); the noise
+runs are the same graphs with every weight moved by about one ulp. With the checkpoint, the
+full torch-vs-ONNX certificate.
 """
 
 from __future__ import annotations
@@ -27,24 +29,20 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
         return certify(model, blobs, manifest["input"], manifest["output"]["per_step"], seed)
     rng = np.random.default_rng(seed)
     make_inputs = parity.InputMaker(manifest["input"], rng)
-    full = parity.session(blobs["model.onnx"], "CPUExecutionProvider")
+    provider = "CPUExecutionProvider"
+    reference = parity.OnnxReference(blobs, provider, rng)
+    full = reference.full
 
     def run_full(x, lens):
         return parity.run_full(full, x, lens)
 
     per_step = manifest["output"]["per_step"]
-    cases = [parity.padding_case(run_full, make_inputs, per_step, "CPUExecutionProvider")]
-    if "step.onnx" in blobs:
-        step = parity.session(blobs["step.onnx"], "CPUExecutionProvider")
+    cases = [parity.padding_case(run_full, reference, make_inputs, per_step, provider)]
+    if reference.step is not None:
+        step = reference.step
         cases += parity.stream_cases(
-            run_full,
-            lambda chunk, state: parity.run_step(step, chunk, state),
-            lambda x: parity.run_step(step, x, None)[1],
-            make_inputs,
-            per_step,
-            "CPUExecutionProvider",
-            rng,
+            lambda chunk, state: parity.run_step(step, chunk, state), reference, make_inputs, per_step, provider, rng
         )
     elif not manifest["model"]["bidirectional"]:
         raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
-    return parity.Report(seed=seed, tolerance=parity.FP32_TOLERANCE, cases=cases)
+    return parity.Report(seed=seed, rule=parity.FP32, cases=cases)

@@ -241,7 +241,7 @@ def metadata(manifest: dict) -> dict:
             "graphs": sorted(manifest.get("graphs", {})),
             "precision": manifest.get("precision"),
             "opset": manifest.get("opset"),
-            "parity": pick(parity, ("passed", "max_abs", "tolerance", "cases", "failed", "worst_case")),
+            "parity": pick(parity, ("passed", "max_abs", "worst_margin", "cases", "failed", "worst_case")),
             "producer": manifest.get("producer", {}),
         }
     }
@@ -258,6 +258,8 @@ def model_tags(manifest: dict) -> dict[str, str]:
     }
     if "max_abs" in parity:
         tags["rnnkit.parity_max_abs"] = f"{parity['max_abs']:.3g}"
+    if parity.get("worst_margin") is not None:
+        tags["rnnkit.parity_margin"] = f"{parity['worst_margin']:.3g}"
     return tags
 
 

@@ -34,6 +34,8 @@ def register(model_uri: str, name: str, aliases=(), parity: dict | None = None):
         if parity is not None:
             client.set_model_version_tag(name, version.version, "parity_passed", str(bool(parity["passed"])).lower())
             client.set_model_version_tag(name, version.version, "parity_max_abs", f"{parity['max_abs']:.3g}")
+            if parity.get("worst_margin") is not None:  # error / budget of the closest case
+                client.set_model_version_tag(name, version.version, "parity_margin", f"{parity['worst_margin']:.3g}")
         for alias in aliases:
             client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as e:
@@ -163,6 +165,7 @@ def list_versions(name: str) -> list[dict[str, Any]]:
                 "aliases": sorted(a for a, target in aliases.items() if str(target) == str(v.version)),
                 "parity_passed": {"true": True, "false": False}.get(v.tags.get("parity_passed")),
                 "parity_max_abs": float(v.tags["parity_max_abs"]) if "parity_max_abs" in v.tags else None,
+                "parity_margin": float(v.tags["parity_margin"]) if "parity_margin" in v.tags else None,
                 "metrics": metrics,
                 "run_id": v.run_id,
                 "model_id": model_id,
