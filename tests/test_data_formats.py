@@ -220,6 +220,20 @@ def test_text_word_level_directory(tmp_path):
     assert resolve_format(d) == "text"
 
 
+def test_a_literal_pad_token_in_the_data_is_unknown_not_padding(tmp_path):
+    """ "<pad>" written in a file is text, not padding: it becomes <unk> (id 0 would read the
+    embedding's zero, never-trained padding row); a literal <unk> or <eos> keeps its meaning."""
+    path = write(tmp_path / "a.txt", "a <pad> b <unk> c <eos> a\n")
+    records = read_records(path, "lm", level="word")
+    inp, out = build_specs(records)
+    stream = encode_stream(records, inp, out)
+    ids = np.append(stream.inputs, stream.targets[-1]).tolist()
+    print(records[0].tokens, ids)
+    assert "<pad>" not in inp.vocab.tokens[4:]
+    assert ids[1] == UNK_ID and ids[3] == UNK_ID and ids[5] == EOS_ID and 0 not in ids
+    assert inp.vocab.count_unknown(["<pad>", "a"]) == 1
+
+
 def test_text_inference_stream_keeps_every_position(tmp_path):
     path = write(tmp_path / "a.txt", "abc")
     records = read_records(path, "lm")

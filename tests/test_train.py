@@ -132,6 +132,26 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
     assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_resume_with_more_epochs_replans_the_schedule(tmp_path, schedule):
+    """A 4-epoch run resumed with --epochs 8 takes, from epoch 5 on, the learning rates of a run
+    planned for 8 epochs (the restored schedule alone would keep the 4-epoch plan: cosine climbs
+    back up after epoch 4)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    planned = train(make_config(tmp_path / "a", "tag", "gru", epochs=8, schedule=schedule), progress=False, log=print)
+    short = make_config(tmp_path / "b", "tag", "gru", epochs=4, schedule=schedule)
+    train(short, progress=False, log=print)
+    longer = Config.load(tmp_path / "b" / "run" / "config.json")
+    longer.train.epochs = 8
+    resumed = train(longer, resume=True, progress=False, log=print)
+    want = [h["lr"] for h in planned.history]
+    got = [h["lr"] for h in resumed.history]
+    print("planned for 8:", [f"{v:.5f}" for v in want])
+    print("4, resumed to 8:", [f"{v:.5f}" for v in got])
+    assert got[4:] == pytest.approx(want[4:], rel=1e-9)
+
+
 def test_existing_run_directory_is_not_overwritten(tmp_path):
     cfg = make_config(tmp_path, "classify", epochs=1)
     train(cfg, progress=False, log=lambda m: None)

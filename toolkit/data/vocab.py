@@ -28,6 +28,10 @@ class Vocabulary:
         self.index = {t: i for i, t in enumerate(self.tokens)}
         if len(self.index) != len(self.tokens):
             raise DataError("a vocabulary must not repeat a token")
+        # What input text may map to: everything but <pad>. A literal "<pad>" in the data is an
+        # unknown token; as id 0 it would read the embedding's padding row, which is zero and
+        # never trained, and look like padding to anything that masks on id 0.
+        self._readable = {t: i for t, i in self.index.items() if i != PAD_ID}
 
     @classmethod
     def build(cls, sequences: Iterable[Iterable[str]], min_freq: int = 1, max_size: int | None = None) -> Vocabulary:
@@ -46,12 +50,12 @@ class Vocabulary:
         return len(self.tokens)
 
     def encode(self, tokens: Iterable[str]) -> np.ndarray:
-        """Token strings to int64 ids; unknown tokens become <unk>."""
-        get = self.index.get
+        """Token strings to int64 ids; unknown tokens (a literal "<pad>" too) become <unk>."""
+        get = self._readable.get
         return np.fromiter((get(t, UNK_ID) for t in tokens), dtype=np.int64)
 
     def count_unknown(self, tokens: Iterable[str]) -> int:
-        return sum(1 for t in tokens if t not in self.index)
+        return sum(1 for t in tokens if t not in self._readable)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.tokens[int(i)] for i in ids]

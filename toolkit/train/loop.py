@@ -31,7 +31,7 @@ from toolkit.models.encoder import detach_state
 from toolkit.models.model import SequenceModel
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.metrics import better, default_monitor, metric_mode, metrics_for
-from toolkit.train.optim import build_optimizer, build_schedule
+from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
 
 
 @dataclass
@@ -165,6 +165,9 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        replanned = replan_schedule(self.schedule, self.optimizer, self.cfg.train)
+        if replanned:
+            self.log(replanned)
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
