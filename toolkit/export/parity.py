@@ -17,7 +17,10 @@ case's `noise`. ONNX Runtime passes when its error is at most
     budget = factor * noise + floor_ulps * eps * scale        (scale = max |reference|)
 
 i.e. a few times what an independent float32 computation gets wrong, plus a floor of a few
-units in the last place of the output's scale for cases where rounding happens to cancel. Each
+units in the last place of the output's scale for cases where rounding happens to cancel. The
+factor is 8, not 2, because ONNX Runtime's CPU kernels are a less exact float32 than torch's
+(its Tanh errs by about 3x torch's on average) and a case's error is a sample: over 72 trained
+models its error reached 6.1 times torch's float32 error on the same case (README). Each
 case records scale, noise, budget and `margin` = error / budget (pass: margin <= 1), so a
 reader sees how close it came. Reduced-precision bundles use the same rule with their own,
 larger constants.
@@ -45,7 +48,7 @@ class Rule:
     """How large an error a case may have (see the module docstring)."""
 
     precision: str = "fp32"
-    factor: float = 4.0
+    factor: float = 8.0
     floor_ulps: float = 16.0
     eps: float = FP32_EPS
     noise_runs: int = 3  # the reference in float32 as is, and with weights moved by ~1 ulp (twice)
