@@ -164,12 +164,12 @@ def demo_specs() -> list[Spec]:
     jv = {"data": str(example_path("JapaneseVowels_TRAIN.ts"))}
     gp = {"data": str(example_path("GunPoint_TRAIN.ts")), "val_fraction": 0.2}
     plays = {"data": str(example_path("shakespeare") / "comedies"), "level": "char", "val_fraction": 0.05}
-    cyclic = {"text": "abcdefgh" * 2000 + "\n"}
+    cyclic = {"text": "abcdefghijklmnopqrstuvwxyz" * 8000 + "\n"}  # next letter certain: logits grow
     return [
         Spec("demo JapaneseVowels", "classify", "lstm", bidirectional=True, hidden_size=64, epochs=8, lr=3e-3, data=jv),
         Spec("demo GunPoint", "classify", "gru", bidirectional=True, hidden_size=64, epochs=8, lr=0.005, data=gp),
         Spec("demo Shakespeare", "lm", "lstm", hidden_size=128, num_layers=2, epochs=1, lr=0.004, data=plays),
-        Spec("confident char LM", "lm", "lstm", hidden_size=128, num_layers=2, epochs=6, lr=0.01, data=cyclic),
+        Spec("confident char LM", "lm", "lstm", hidden_size=128, num_layers=2, epochs=4, lr=0.03, data=cyclic),
     ]
 
 
