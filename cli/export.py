@@ -53,7 +53,7 @@ def export(run_dir, out, opset, sample, seed, force, as_json):
     written = {"bundle": str(result.out) if result.written else None, "report": str(result.report_path)}
     print_report(result.report, as_json, written)
     if not result.report.passed:
-        failed = ", ".join(f"{c.name} ({c.max_abs:.2e} > budget {c.budget:.2e})" for c in result.report.failures)
+        failed = "; ".join(f"{c.name}: {c.reason}" for c in result.report.failures)
         click.echo(
             f"error: parity failed: {failed}" + ("; bundle written marked failed (--force)" if force else ""), err=True
         )
@@ -77,6 +77,6 @@ def verify(model, checkpoint, seed, as_json):
     report = run_verify(local_bundle(model, allow_unverified=True), checkpoint=checkpoint, seed=seed)
     print_report(report, as_json)
     if not report.passed:
-        failed = ", ".join(f"{c.name} ({c.max_abs:.2e} > budget {c.budget:.2e})" for c in report.failures)
+        failed = "; ".join(f"{c.name}: {c.reason}" for c in report.failures)
         click.echo(f"error: verification failed: {failed}", err=True)
         sys.exit(1)

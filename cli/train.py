@@ -211,7 +211,7 @@ def train(
             if tracker:
                 tracker.finish(result, None)
             click.echo(
-                f"error: parity failed ({parity['worst_case']}: {parity['worst_margin']:.2f} times its budget); "
+                f"error: parity failed ({parity['worst_case']}: {parity['worst_reason']}); "
                 f"report {exported.report_path}",
                 err=True,
             )

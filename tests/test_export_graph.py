@@ -469,6 +469,32 @@ def test_one_layer_models():
         assert max(float(np.abs(state[k] - ref_state[k]).max()) for k in ref_state) <= TOL
 
 
+@pytest.mark.parametrize(("mean", "std", "centred"), [(5000.0, 0.1, True), (-300.0, 0.5, True), (0.05, 1.0, False)])
+def test_features_far_from_zero_keep_float32_accuracy(mean, std, centred):
+    """A sensor at 5000 +- 0.1: folding the mean into layer 0 computed (W / std) x - W mean / std,
+    two terms of ~5e4 that cancel, and lost ~15 bits (errors hundreds of times float32's own in
+    the parity stress run). Such features are centred in the graph; small means are still folded.
+    The graph must be about as exact as torch in float32 on the same input (the parity rule)."""
+    cfg = ModelConfig(cell="gru", hidden_size=32, num_layers=2)
+    inp = InputSpec("features", num_features=2, mean=[mean, mean / 2], std=[std, std])
+    out = OutputSpec("regress", num_targets=1, per_step=True, target_mean=[0.0], target_std=[10.0])
+    torch.manual_seed(0)
+    model = SequenceModel(cfg, inp, out).eval()
+    weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    graph = build_full_graph(weights, cfg, inp, out)
+    assert any(n.op_type == "Sub" and "features" in n.input for n in graph.graph.node) == centred
+    x = (np.array([mean, mean / 2]) + std * np.random.default_rng(0).standard_normal((4, 200, 2))).astype(np.float32)
+    lengths = np.full(4, 200, np.int64)
+    got = _session(graph).run(None, {"features": x, "lengths": lengths})[0].astype(np.float64)
+    with torch.no_grad():
+        want = copy.deepcopy(model).double()(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(lengths))[0]
+        fp32 = model(torch.from_numpy(x), torch.from_numpy(lengths))[0].double()
+    onnx_err, torch_err = float((got - want.numpy()).__abs__().max()), float((fp32 - want).abs().max())
+    floor = 16 * 2.0**-23 * float(want.abs().max())
+    print(f"mean {mean} std {std}: onnx error {onnx_err:.2e}, torch fp32 error {torch_err:.2e}, floor {floor:.2e}")
+    assert onnx_err <= 8 * torch_err + floor
+
+
 def test_clear_errors_for_bad_weights_and_opset():
     case = make_case("classify", "lstm", tokens=False)
     args = (case.cfg, case.input_spec, case.output_spec)
