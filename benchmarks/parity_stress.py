@@ -30,7 +30,7 @@ distance below 1 is the headroom a correct export has. The summary gives the fai
 with its reason (an error above a finite budget: a false alarm if the export is right; or
 float32 overflow: the reference beyond float32's range or float32's own runs not finite) and
 its parity seed (the same --seed retrains the same model i, and export(run, seed=that seed)
-repeats its certificate), the worst case of the run, margin percentiles over all cases, the
+repeats its certificate), the worst case of the run, margin percentiles over the cases float32 can run, the
 worst margin per case kind and per task x cell x direction, the largest scales reached (LM
 logits must pass 20 in a full run), and the time per model by size. OUT/rows.jsonl holds one
 row per case (margins of failed cases may be Infinity), OUT/summary.json the summary. Exit
@@ -497,20 +497,25 @@ def timings(models: list[dict]) -> dict:
     }
 
 
+def overflowed(row: dict) -> bool:
+    """float32 overflows on the case (the reference beyond float32's range, or float32's own runs
+    not finite): torch in float32 cannot run that input either, so it has no margin to speak of."""
+    return row["reason"].startswith("float32 overflows")
+
+
 def failure(row: dict) -> dict:
     """A failed case, and why (`Case.reason`): an error above a finite budget (a false alarm, if
-    the export is right), or float32 overflowing (the reference beyond float32's range, or
-    float32's own runs not finite: torch in float32 cannot run that input either)."""
-    overflow = row["reason"].startswith("float32 overflows")
-    return {**{k: row[k] for k in SHOWN}, "reason": "float32 overflow" if overflow else "error above budget"}
+    the export is right), or float32 overflow (`overflowed`)."""
+    return {**{k: row[k] for k in SHOWN}, "reason": "float32 overflow" if overflowed(row) else "error above budget"}
 
 
 def summarise(rows: list[dict], models: list[dict], seconds: float, logit_target: float | None) -> dict:
-    margins = np.array([r["margin"] for r in rows]) if rows else np.zeros(1)
-    worst = max(rows, key=lambda r: r["margin"], default=None)
+    judged = [r for r in rows if not overflowed(r)]  # margins: the cases float32 can run
+    margins = np.array([r["margin"] for r in judged]) if judged else np.zeros(1)
+    worst = max(judged, key=lambda r: r["margin"], default=None)
     failed = [r for r in rows if not r["passed"]]
     reasons = [failure(r) for r in failed]
-    top = scales(rows)
+    top = scales(judged)
     lm = top["lm logits"]
     met = logit_target is None or (lm is not None and lm["scale"] >= logit_target)
     return {
@@ -527,8 +532,8 @@ def summarise(rows: list[dict], models: list[dict], seconds: float, logit_target
             **{f"p{p:g}": float(np.percentile(margins, p)) for p in (50, 90, 99, 99.9)},
             "max": float(margins.max()),
         },
-        "worst_margin_by_case": worst_by(rows, lambda r: kind(r["name"])),
-        "worst_margin_by_cell": worst_by(rows, lambda r: r["cell"]),
+        "worst_margin_by_case": worst_by(judged, lambda r: kind(r["name"])),
+        "worst_margin_by_cell": worst_by(judged, lambda r: r["cell"]),
         "largest_scales": top,
         "logit_target": logit_target,
         "logit_target_met": met,
