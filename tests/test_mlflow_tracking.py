@@ -168,3 +168,25 @@ def test_tracking_server_dies_mid_run_training_finishes_and_keeps_everything(tmp
     # What the store did get stays readable: the run exists, its params were logged.
     client = MlflowClient(f"sqlite:///{tmp_path}/server.db")
     assert client.get_run(summary["mlflow"]["run_id"]).data.params["task"] == "classify"
+
+
+def test_ctrl_c_during_an_mlflow_call_is_delivered_when_the_call_returns():
+    """Interrupted mid-write, a SQLite store keeps its transaction open and ending the run as
+    KILLED then fails with "database is locked"; so a Ctrl-C waits for the call, a second one not."""
+    from toolkit.tracking.training import interrupts_deferred
+
+    finished = []
+
+    def call(interrupts: int):
+        for _ in range(interrupts):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is handled here, mid-call
+        finished.append(interrupts)
+
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        call(1)
+    assert finished == [1], "the call was cut short by the first Ctrl-C"
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        call(2)
+    assert finished == [1], "a second Ctrl-C did not stop the call at once"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,31 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the MLflow call in progress returns, then deliver it. Interrupted
+    inside a SQLite store's write, the call leaves its transaction open, and ending the run as
+    KILLED then waits on that very lock until "database is locked". A second Ctrl-C stops at once."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # signals go to the main thread; SIG_IGN / SIG_DFL are left as they are
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        if pending:
+            previous(signum, frame)
+        pending.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            previous(pending[0], None)  # Python's default handler raises KeyboardInterrupt
+
+
 class Tracker:
     def __init__(
         self,
@@ -72,7 +99,8 @@ class Tracker:
         if self.failed:
             return None
         try:
-            return fn()
+            with interrupts_deferred():
+                return fn()
         except Exception as e:  # the store may fail in any way: network, HTTP, database, disk
             self.failed = f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             self.log(
