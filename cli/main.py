@@ -68,6 +68,13 @@ def engine_options(fn):
     return fn
 
 
+def message_size_option(what: str):
+    """--max-message-bytes, for the commands that read stream messages."""
+    return click.option(
+        "--max-message-bytes", type=click.IntRange(min=1024), default=4 * 2**20, show_default=True, help=what
+    )
+
+
 def model_argument(fn):
     """The MODEL argument: a bundle directory or an MLflow model URI (toolkit.runtime.source)."""
     return click.argument("model", metavar="MODEL")(fn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.main import engine_options, local_bundle, model_argument, user_errors
+from cli.main import engine_options, local_bundle, message_size_option, model_argument, user_errors
 
 
 @click.command()
@@ -39,13 +39,7 @@ from cli.main import engine_options, local_bundle, model_argument, user_errors
 @click.option(
     "--max-chunk", type=click.IntRange(min=1), default=4096, show_default=True, help="Most steps per message."
 )
-@click.option(
-    "--max-message-bytes",
-    type=click.IntRange(min=1024),
-    default=4 * 2**20,
-    show_default=True,
-    help="Largest WebSocket message or HTTP body.",
-)
+@message_size_option("Largest WebSocket message or HTTP body.")
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @user_errors
 def serve(

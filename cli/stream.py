@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from cli.main import engine_options, local_bundle, model_argument, user_errors
+from cli.main import engine_options, local_bundle, message_size_option, model_argument, user_errors
 
 
 @click.command()
@@ -17,8 +17,9 @@ from cli.main import engine_options, local_bundle, model_argument, user_errors
 @click.option(
     "--max-chunk", type=click.IntRange(min=1), default=4096, show_default=True, help="Most steps one message may carry."
 )
+@message_size_option("Longest line read; a longer one is refused unread.")
 @user_errors
-def stream(model, device, threads, max_chunk, allow_unverified):
+def stream(model, device, threads, max_chunk, max_message_bytes, allow_unverified):
     """Stream inference: read messages from stdin, answer each on stdout.
 
     \b
@@ -26,15 +27,15 @@ def stream(model, device, threads, max_chunk, allow_unverified):
     {"stream": "a", "reset": true}     {"stream": "a", "end": true}
 
     Each chunk is answered with {"stream", "step" (index of its first step), "outputs",
-    "predictions"}; a bad line with {"line", "error"} (other streams go on). Exit code 1 if any
-    line failed.
+    "predictions"}; a bad line with {"line", "error"} (other streams go on), a reset or end of a
+    stream that is not open too. Exit code 1 if any line failed.
 
     MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
     from toolkit.export.bundle import BundleError
     from toolkit.runtime.engine import Engine, InputError
-    from toolkit.runtime.messages import Codec, MessageError
+    from toolkit.runtime.messages import Codec, MessageError, unknown_stream
 
     bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
@@ -47,7 +48,13 @@ def stream(model, device, threads, max_chunk, allow_unverified):
     codec = Codec(engine.manifest, max_chunk=max_chunk)
     streams = {}
     failed = 0
-    for number, line in enumerate(sys.stdin, start=1):
+    for number, line in enumerate(bounded_lines(sys.stdin.buffer, max_message_bytes), start=1):
+        if line is None:
+            failed += 1
+            _send(
+                {"line": number, "error": f"line longer than {max_message_bytes} bytes (--max-message-bytes); not read"}
+            )
+            continue
         if not line.strip():
             continue
         try:
@@ -56,12 +63,13 @@ def stream(model, device, threads, max_chunk, allow_unverified):
             failed += 1
             _send({"line": number, "error": str(e)})
             continue
-        if msg.kind == "end":
-            closed = streams.pop(msg.stream, None)
-            _send({"stream": msg.stream, "end": True, "steps": closed.steps if closed else 0})
+        if msg.kind != "chunk" and msg.stream not in streams:  # as `rnnkit serve` answers (404)
+            failed += 1
+            _send({"line": number, "stream": msg.stream, "error": unknown_stream(msg.stream, msg.kind)})
+        elif msg.kind == "end":
+            _send({"stream": msg.stream, "end": True, "steps": streams.pop(msg.stream).steps})
         elif msg.kind == "reset":
-            if msg.stream in streams:
-                streams[msg.stream].reset()
+            streams[msg.stream].reset()
             _send({"stream": msg.stream, "reset": True})
         else:
             s = streams.get(msg.stream) or streams.setdefault(msg.stream, engine.stream())
@@ -74,6 +82,18 @@ def stream(model, device, threads, max_chunk, allow_unverified):
                 continue
             _send(codec.reply(msg.stream, start, codec.present(outputs[None])[0], msg.unknown))
     sys.exit(1 if failed else 0)
+
+
+def bounded_lines(stream, limit: int):
+    """Lines of a binary stream, each as bytes (orjson checks the UTF-8), or None for a line over
+    `limit` bytes, which is skipped without being held in memory."""
+    while line := stream.readline(limit + 1):
+        if line.endswith(b"\n") or len(line) <= limit:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the long line
+            line = stream.readline(limit)
+        yield None
 
 
 def _send(obj: dict) -> None:

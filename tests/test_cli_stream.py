@@ -78,6 +78,11 @@ def test_bad_lines_are_answered_and_other_streams_go_on(bundles):
         {"stream": "x", "tokens": ["a"]},
         {"stream": "x", "features": [[0.0, 0.0]] * 5},
         {"features": [[1.0, 2.0]]},
+        "[" * 5000 + "]" * 5000,
+        '{"stream": "x", "features": [[1, ' + "9" * 5000 + "]]}",
+        '{"stream": "\\ud800", "features": [[1, 2]]}',
+        {"stream": "nope", "end": True},
+        {"stream": "nope", "reset": True},
         {"stream": "ok", "features": [[0.5, 0.6]]},
     ]
     proc = stream(bundles["series"], lines, "--max-chunk", "4")
@@ -86,15 +91,45 @@ def test_bad_lines_are_answered_and_other_streams_go_on(bundles):
         print(r if "error" in r else {"stream": r["stream"], "step": r["step"]})
     assert proc.returncode == 1
     errors = {r["line"]: r["error"] for r in replies if "error" in r}
-    assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8]
+    assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     assert "malformed JSON" in errors[2] and "extra" in errors[3] and "2 numbers" in errors[4]
     assert "finite" in errors[5] and "features" in errors[6] and "at most 4" in errors[7] and "stream" in errors[8]
+    assert "depth limit" in errors[9] and "beyond float64" in errors[10] and "surrogate" in errors[11]
+    assert errors[12].startswith("unknown stream 'nope'") and "reset needs an open one" in errors[13]
     ok = [r for r in replies if r.get("stream") == "ok"]
     assert [r["step"] for r in ok] == [0, 2]  # the stream carried on past the bad lines
     engine = Engine(bundles["series"], device="cpu")
     offline = engine.infer([np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype=np.float32)])[0]
     got = np.concatenate([np.array(r["outputs"]) for r in ok])
     assert np.abs(got - offline).max() <= 1e-5
+
+
+def test_bytes_that_are_not_utf8_and_overlong_lines_are_refused_by_line(bundles):
+    good = b'{"stream": "ok", "features": [[0.1, 0.2]]}\n'
+    data = good + b'{"stream": "\xff\xfe", "features": [[1, 2]]}\n' + b"[" * 5000 + b"\n" + good
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "stream",
+            str(bundles["series"]),
+            "--device",
+            "cpu",
+            "--max-message-bytes",
+            "4096",
+        ],
+        cwd=ROOT,
+        input=data,
+        capture_output=True,
+        timeout=120,
+    )
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    print(replies, proc.stderr.decode()[-500:])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
+    assert "not valid UTF-8" in replies[1]["error"] and replies[1]["line"] == 2
+    assert "longer than 4096 bytes" in replies[2]["error"] and replies[2]["line"] == 3
+    assert [r["step"] for r in replies if r.get("stream") == "ok"] == [0, 1]
 
 
 def test_bidirectional_bundle_is_refused_with_a_pointer_to_infer(bundles):
@@ -117,7 +152,8 @@ def heavy_modules_after(args: list[str], stdin: str = "") -> list[str]:
 
 
 def test_stream_and_infer_commands_import_neither_torch_nor_mlflow(bundles, tmp_path):
-    assert heavy_modules_after(["stream", bundles["tag"], "--device", "cpu"], '{"stream": "a", "end": true}\n') == []
+    lines = '{"stream": "a", "tokens": ["a"]}\n{"stream": "a", "end": true}\n'
+    assert heavy_modules_after(["stream", bundles["tag"], "--device", "cpu"], lines) == []
     data = tmp_path / "in.jsonl"
     data.write_text('{"tokens": ["a", "b"]}\n', encoding="utf-8")
     assert heavy_modules_after(["infer", bundles["bi"], "--input", data, "--output", tmp_path / "out.jsonl"]) == []

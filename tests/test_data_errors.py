@@ -123,15 +123,15 @@ def test_nan_and_infinity_rejected(tmp_path):
     p = jsonl(
         tmp_path / "a.jsonl", [{"features": [[0.0, 0.0]], "label": "x"}, '{"features": [[1, 2], [3, NaN]], "label": 1}']
     )
-    fails(p, "classify", "NaN at step 2, feature 2", "finite", line=2)
+    fails(p, "classify", "NaN is not a JSON number", "finite", "column 27", line=2)
     p = jsonl(tmp_path / "b.jsonl", ['{"features": [[-Infinity]], "label": "x"}'])
-    fails(p, "classify", "-Infinity at step 1, feature 1", line=1)
+    fails(p, "classify", "-Infinity is not a JSON number", line=1)
     p = jsonl(tmp_path / "c.jsonl", ['{"features": [[1.0]], "target": [1.0, Infinity]}'])
-    fails(p, "regress", "'target' has Infinity at position 2", line=1)
+    fails(p, "regress", "Infinity is not a JSON number", "column 39", line=1)
     p = jsonl(tmp_path / "d.jsonl", ['{"features": [[1.0], [2.0]], "target": [[1.0], [NaN]]}'])
-    fails(p, "regress", "'target' has NaN at step 2, value 1", line=1)
+    fails(p, "regress", "NaN is not a JSON number", line=1)
     p = jsonl(tmp_path / "e.jsonl", ['{"tokens": ["a"], "label": NaN}'])
-    fails(p, "classify", "'label' is NaN", line=1)
+    fails(p, "classify", "NaN is not a JSON number", line=1)
 
 
 def test_empty_sequence(tmp_path):

@@ -50,15 +50,45 @@ def test_array_frames_give_what_each_message_alone_gives(seed):
 
 
 def test_every_bad_value_is_named_on_both_paths():
+    """Values JSON can carry are named by step and feature, alone and in a frame; NaN, infinities
+    and numbers beyond float64 are not JSON and are refused by the parser, with their column."""
     codec = Codec(MANIFEST)
     for value in BAD_VALUES:
+        obj = {"stream": "a", "features": [[0.0, 1.0, 2.0], [0.5, value, 0.5]]}
         text = (
-            json.dumps({"stream": "a", "features": [[0.0, 1.0, 2.0], [0.5, value, 0.5]]})
+            json.dumps(obj)
             if value != 10**400
             else ('{"stream": "a", "features": [[0.0, 1.0, 2.0], [0.5, 1' + "0" * 400 + ", 0.5]]}")
         )
         with pytest.raises(MessageError) as alone:
             codec.parse(text)
-        [in_frame] = codec.messages([json.loads(text)])
-        print(f"{value!r:.20}: {alone.value}")
-        assert "step 2, feature 2" in str(alone.value) and str(in_frame) == str(alone.value)
+        [in_frame] = codec.messages([obj])
+        print(f"{value!r:.20}: {alone.value} | {in_frame}")
+        assert "step 2, feature 2" in str(in_frame)
+        if isinstance(value, float) and not abs(value) < float("inf") or value == 10**400:
+            assert str(alone.value).startswith("malformed JSON: ") and "(at column " in str(alone.value)
+            assert "NaN" in str(alone.value) or "Infinity" in str(alone.value) or "float64" in str(alone.value)
+        else:
+            assert str(in_frame) == str(alone.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"stream": "\\ud800", "features": [[1, 2, 3]]}', "no low surrogate in string"),
+        ('[{"stream": "a\\udfff", "features": [[1, 2, 3]]}]', "surrogate"),
+        ("[" * 5000 + "]" * 5000, "depth limit exceeded"),
+        ('{"stream": "a", "features": [[1, 2, ' + "9" * 5000 + "]]}", "beyond float64's range"),
+        ('{"stream": "a", "features": [[1, 2, -Infinity]]}', "-Infinity is not a JSON number"),
+        ("{not json", "(at column 2)"),
+    ],
+)
+def test_what_orjson_refuses_is_refused_with_its_column(text, words):
+    """One policy: the standard library would accept a lone surrogate (which no reply can then
+    encode: it ended the server's batcher), nest 5,000 deep or read a 5,000-digit integer."""
+    with pytest.raises(MessageError) as refused:
+        Codec(MANIFEST).parse(text)
+    print(refused.value)
+    assert (
+        refused.value.code == 400 and str(refused.value).startswith("malformed JSON: ") and words in str(refused.value)
+    )

@@ -225,7 +225,7 @@ def test_bad_messages_are_answered_on_their_stream_only(bundles):
     bad = [
         ("{not json", 400, "malformed JSON"),
         ('{"stream": "a", "features": [[1.0]]}', 400, "step 1 must be a list of 2 numbers, got 1"),
-        ('{"stream": "a", "features": [[1.0, NaN]]}', 400, "step 1, feature 2: nan is not a finite number"),
+        ('{"stream": "a", "features": [[1.0, NaN]]}', 400, "NaN is not a JSON number; only finite numbers"),
         ('{"stream": "a", "features": [[1.0, true]]}', 400, "expected a number"),
         ('{"stream": "a", "tokens": ["x"]}', 400, 'this model takes "features"'),
         ('{"stream": "zz", "reset": true}', 404, "unknown stream 'zz'"),

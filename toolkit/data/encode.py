@@ -35,6 +35,24 @@ class Encoded(list):
 # ----------------------------------------------------------------------------------------------- labels
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(values: np.ndarray, fail, what: str, axes: tuple[str, ...]) -> np.ndarray:
+    """float64 values -> float32, refusing one beyond float32's range: the model computes in
+    float32, where it would be infinity (and every loss NaN). `fail(message)` makes the error,
+    `axes` name the positions, e.g. ("step", "feature")."""
+    big = np.abs(values) > FLOAT32_MAX
+    if big.any():
+        first = np.argwhere(big)[0]
+        at = ", ".join(f"{axis} {i + 1}" for axis, i in zip(axes, first, strict=False))
+        raise fail(
+            f"{what} {values[tuple(first)]:.6g} at {at} is beyond float32's range (±{FLOAT32_MAX:.4g}), in which "
+            "the model computes; rescale it (e.g. to other units or a log scale)"
+        )
+    return values.astype(np.float32)
+
+
 def _as_number(label: str) -> float | None:
     try:
         x = float(label)
@@ -171,7 +189,7 @@ def _inputs(record: Record, spec: InputSpec, stats: Encoded) -> np.ndarray:
         raise record.error(
             f"expected {spec.num_features} features per step (as in the training data), got {width} at step 1"
         )
-    return record.features.astype(np.float32)
+    return as_float32(record.features, record.error, "feature", ("step", "feature"))
 
 
 def _target(record: Record, output: OutputSpec, index: dict[str, int] | None):
@@ -204,7 +222,7 @@ def _target(record: Record, output: OutputSpec, index: dict[str, int] | None):
         raise record.error(
             f"expected {output.num_targets} target values (as in the training data), got {target.shape[-1]}"
         )
-    return target.astype(np.float32)
+    return as_float32(target, record.error, "target", ("step", "value") if per_step else ("value",))
 
 
 def encode_examples(records: Iterable[Record], input_spec: InputSpec, output_spec: OutputSpec) -> Encoded:
@@ -278,6 +296,7 @@ def encode_stream(
             f"expected {output_spec.num_targets} target columns (as in the training data), got {len(cols)}",
             path=record.path,
         )
+    values = as_float32(values, lambda m: DataError(m, path=record.path), "value", ("data row", "column"))
     if not require_target:
         targets = np.full((len(values), len(cols)), np.nan, dtype=np.float32)
         known = max(0, len(values) - horizon)

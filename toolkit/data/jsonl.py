@@ -21,6 +21,7 @@ import numpy as np
 from toolkit.data.files import lines, read_text
 from toolkit.data.records import Record, Records
 from toolkit.errors import DataError
+from toolkit.jsontext import JSONTextError, parse
 
 TARGET_FIELD = {"classify": "label", "tag": "tags", "regress": "target"}
 EXAMPLE_LINE = {
@@ -83,12 +84,12 @@ def read_jsonl(path: str, task: str, require_target: bool = True, lowercase: boo
             return DataError(message, path=str(path), line=lineno)
 
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
+            obj = parse(text)
+        except JSONTextError as e:
+            if e.number:
+                raise fail(f"malformed JSON: {e}") from None
             hint = " (a JSON array of records is not supported: write one object per line)" if text == "[" else ""
-            raise fail(
-                f"malformed JSON ({e.msg} at column {e.colno}){hint}; each line must be one JSON object, e.g. {example}"
-            ) from None
+            raise fail(f"malformed JSON: {e}{hint}; each line must be one JSON object, e.g. {example}") from None
         if not isinstance(obj, dict):
             hint = (
                 " (a JSON array of records is not supported: write one object per line)"

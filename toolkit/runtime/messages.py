@@ -11,15 +11,14 @@ line with an error object and goes on with the others.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
-import orjson
 
 from toolkit.data.vocab import Vocabulary
+from toolkit.jsontext import JSONTextError, parse
 
 FIELDS = {"stream", "tokens", "features", "reset", "end"}
 NUMBERS = frozenset((float, int))
@@ -28,18 +27,17 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def loads(text: str | bytes):
-    """JSON text -> object. orjson first (several times faster on number arrays); it refuses
-    the NaN and Infinity literals, so a refusal is retried with the standard library, which
-    reads them (and the features check then names them) and words real syntax errors."""
+    """JSON text -> object under rnnkit's one decoding policy (`toolkit.jsontext`), or a
+    MessageError (400) saying what is wrong and where."""
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise MessageError(f"malformed JSON ({getattr(e, 'msg', e)}{where})") from None
+        return parse(text)
+    except JSONTextError as e:
+        raise MessageError(f"malformed JSON: {e}") from None
+
+
+def unknown_stream(name: str, kind: str, where: str = "") -> str:
+    """The refusal of a reset or end of a stream that is not open (code 404 on a server)."""
+    return f"unknown stream {name!r}{where}: a chunk opens a stream; {kind} needs an open one"
 
 
 class MessageError(ValueError):

@@ -10,12 +10,17 @@ those of stepping it alone: rows of a batch never mix in the recurrent ops.
 ONNX Runtime runs on one worker thread, off the event loop (one batch at a time: it already uses
 every core). The stream table is touched only on the event loop; the pool has a lock because the
 worker reads and writes it while the loop may grow it.
+
+Nothing one batch or one reply does can end the loop: a failure is answered on the chunks it
+touched (code 500) and logged, and the batcher goes on with the next batch. A batch commits the
+state of all its streams or of none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -26,6 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from toolkit.runtime.engine import Engine, by_length
+
+log = logging.getLogger("rnnkit.serve")
+BATCH_FAILED = "internal error on this batch (logged by the server); the chunk was not run"
 
 
 class TooManyStreams(Exception):
@@ -91,7 +99,8 @@ class Job:
     arrived: float = field(default_factory=time.perf_counter)
     start: int = 0  # the stream's step index of the chunk's first step (or steps, for end)
     outputs: object = None  # the chunk's row of the batch's outputs, as `present` gave it
-    error: str | None = None
+    error: str | None = None  # set when the job was not run, with the HTTP-style code to answer
+    code: int = 500
 
 
 @dataclass(eq=False)
@@ -130,6 +139,7 @@ class Scheduler:
         self.worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-onnxruntime")
         self.open_streams = 0
         self.ready: deque[Stream] = deque()
+        self.batch: list[tuple[Stream, Job]] = []  # the batch being computed
         self._arrival = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
@@ -173,7 +183,15 @@ class Scheduler:
             stream.steps = 0
         else:  # end
             self.close(stream)
-        job.done(stream, job)
+        self._deliver(stream, job)
+
+    @staticmethod
+    def _deliver(stream: Stream, job: Job) -> None:
+        """Hand a job's result to whoever submitted it; a failure there costs that reply only."""
+        try:
+            job.done(stream, job)
+        except Exception:
+            log.exception("answering a %s on stream %r failed; the batcher goes on", job.kind, stream.name)
 
     def _queue(self, stream: Stream) -> None:
         if stream.ready or stream.running or not stream.pending:
@@ -190,18 +208,24 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while True:
             await self._wait_for_batch()
-            batch = self._take()
-            if not batch:
-                continue
-            started = time.perf_counter()
+            batch = self.batch = []
             try:
-                outputs = await loop.run_in_executor(self.worker, self._compute, batch)
-                error = None
-            except Exception as e:  # a failed run leaves every state row as it was
-                outputs, error = [None] * len(batch), f"inference failed: {type(e).__name__}: {e}"
-            if self.observer:
-                self.observer.on_batch(batch, started, time.perf_counter() - started)
-            self._finish(batch, outputs, error)
+                batch = self.batch = self._take()
+                if not batch:
+                    continue
+                started = time.perf_counter()
+                try:
+                    outputs = await loop.run_in_executor(self.worker, self._compute, batch)
+                    error = None
+                except Exception as e:  # a failed run leaves every state row as it was
+                    outputs, error = [None] * len(batch), f"inference failed: {type(e).__name__}: {e}"
+                seconds = time.perf_counter() - started
+                self._finish(batch, outputs, error)
+                if self.observer:
+                    self.observer.on_batch(batch, started, seconds)
+            except Exception:  # a bug outside ONNX Runtime: answer what is unanswered, keep batching
+                log.exception("a batch of %d chunks failed; they are answered with code 500", len(batch))
+                self._finish([(s, j) for s, j in batch if s.running], None, BATCH_FAILED)
 
     async def _wait_for_batch(self) -> None:
         while not self.ready:
@@ -233,19 +257,24 @@ class Scheduler:
         return batch
 
     def _compute(self, batch: list[tuple[Stream, Job]]) -> list:
-        """Worker thread: one step-graph call per distinct chunk length."""
+        """Worker thread: one step-graph call per distinct chunk length; the new state rows are
+        written back only once every group has run (all or nothing, so a retry cannot step a
+        stream twice)."""
         outputs: list = [None] * len(batch)
+        updates = []
         for rows in by_length([job.chunk for _, job in batch]).values():
             slots = np.array([batch[i][0].slot for i in rows])
             x = np.stack([batch[i][1].chunk for i in rows])
             y, state = self.engine.run_step(x, self.pool.gather(slots))
-            self.pool.scatter(slots, state)
+            updates.append((slots, state))
             for i, presented in zip(rows, self.present(y), strict=True):
                 outputs[i] = presented
+        for slots, state in updates:
+            self.pool.scatter(slots, state)
         return outputs
 
-    def _finish(self, batch, outputs, error: str | None) -> None:
-        for (stream, job), y in zip(batch, outputs, strict=True):
+    def _finish(self, batch, outputs: list | None, error: str | None) -> None:
+        for (stream, job), y in zip(batch, outputs or [None] * len(batch), strict=True):
             stream.running = False
             if stream.closed:
                 self.pool.release(stream.slot)
@@ -253,7 +282,23 @@ class Scheduler:
             if error is None:
                 stream.steps += len(job.chunk)
             job.outputs, job.error = y, error
-            job.done(stream, job)
+            self._deliver(stream, job)
             self._queue(stream)
         if not self.ready:
             self._idle.set()
+
+    def fail_all(self, error: str, code: int = 503) -> None:
+        """The loop is gone for good: answer every job still waiting with `error`."""
+        for stream, job in self.batch:
+            if stream.running:
+                stream.running = False
+                job.error, job.code = error, code
+                self._deliver(stream, job)
+        for stream in self.ready:
+            stream.ready = False
+            while stream.pending:
+                job = stream.pending.popleft()
+                job.error, job.code = error, code
+                self._deliver(stream, job)
+        self.ready.clear()
+        self._idle.set()

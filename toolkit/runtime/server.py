@@ -44,7 +44,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.infer import result
-from toolkit.runtime.messages import Codec, Message, MessageError, loads
+from toolkit.runtime.messages import Codec, Message, MessageError, loads, unknown_stream
 from toolkit.runtime.scheduler import Job, Scheduler, Stream, TooManyStreams
 from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 
@@ -52,6 +52,7 @@ log = logging.getLogger("rnnkit.serve")
 OPEN_PATHS = ("/health", "/health/live", "/health/ready")  # probes need no token
 MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client must read its replies
 OUTBOX_BYTES = 8 * 2**20  # replies waiting to be sent on one connection before it stops reading
+FATAL_EXIT = 3  # the server stopped because it could not go on (see Hub._task_ended)
 EVICTED_MEMORY = 4096  # evicted stream names remembered per connection, to say so if they come back
 
 
@@ -82,8 +83,11 @@ class Hub:
         self.connections: set[Connection] = set()
         self.ready = False
         self.draining = False
+        self.failed: str | None = None  # why the server cannot go on (its batcher ended)
+        self.on_fatal = lambda: None  # set by Server: begin shutting down
         self.started = time.time()
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
 
     async def start(self) -> None:
         if self.engine.step is not None:
@@ -99,9 +103,25 @@ class Hub:
             )
             self.telemetry.active_streams.set_function(lambda: self.scheduler.open_streams)
             self._tasks = [asyncio.create_task(self.scheduler.run()), asyncio.create_task(self._evict_idle())]
+            for task in self._tasks:
+                task.add_done_callback(self._task_ended)
         self.ready = True
 
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """The batcher and the evictor run for the server's life; either ending is fatal: the
+        server stops being ready, answers what waits with 503 and exits non-zero (see `serve`), so
+        a supervisor restarts it rather than leaving a process that accepts and never answers."""
+        if self._stopping:
+            return
+        why = "cancelled" if task.cancelled() else repr(task.exception())
+        self.failed = f"{task.get_coro().__qualname__} ended ({why})"
+        log.critical("%s: the server is no longer ready and shuts down", self.failed)
+        self.ready = False
+        self.scheduler.fail_all("the server's batcher stopped; this chunk was not run (the server is restarting)")
+        self.on_fatal()
+
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         self.worker.shutdown(wait=True)
@@ -112,7 +132,7 @@ class Hub:
         a notice and each connection with code 1001."""
         self.draining, self.ready = True, False
         timeout = self.settings.drain_timeout
-        if self.scheduler is not None:
+        if self.scheduler is not None and not self.failed:
             try:
                 await asyncio.wait_for(self.scheduler.idle(), timeout)
             except asyncio.TimeoutError:
@@ -181,9 +201,11 @@ class Connection:
                     self.messages += 1
                     self.refuse(None, "binary frames are not accepted: send each message as a JSON text frame", 400)
                 else:
+                    counted = self.messages
                     try:
                         self.receive(text)
                     except Exception:  # a bug must not take the connection's other streams with it
+                        self.messages = max(self.messages, counted + 1)
                         log.exception("message %d on a connection", self.messages)
                         self.refuse(None, "internal error on this message (logged by the server); not run", 500)
         except WebSocketDisconnect:
@@ -250,11 +272,7 @@ class Connection:
                     else {"stream": name, "end": True, "steps": steps}
                 )
             if msg.kind != "chunk":
-                return self.refuse(
-                    name,
-                    f"unknown stream {name!r} on this connection: a chunk opens a stream; {msg.kind} needs an open one",
-                    404,
-                )
+                return self.refuse(name, unknown_stream(name, msg.kind, " on this connection"), 404)
             try:
                 stream = self.streams[name] = hub.scheduler.open(name)
             except TooManyStreams:
@@ -270,12 +288,12 @@ class Connection:
         hub.scheduler.submit(stream, Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown))
 
     def _done(self, stream: Stream, job: Job) -> None:
-        if job.kind == "reset":
+        if job.error:
+            self.refuse(stream.name, job.error, job.code)
+        elif job.kind == "reset":
             self.send({"stream": stream.name, "reset": True})
         elif job.kind == "end":
             self.send({"stream": stream.name, "end": True, "steps": job.start})
-        elif job.error:
-            self.refuse(stream.name, job.error, 500)
         else:
             self.send(self.hub.codec.reply(stream.name, job.start, job.outputs, job.unknown))
 
@@ -298,7 +316,18 @@ class Connection:
         self.send({"message": self.messages, "stream": stream, "error": error, "code": code})
 
     def send(self, obj: dict) -> None:
-        text = orjson.dumps(obj).decode()
+        try:
+            text = orjson.dumps(obj).decode()
+        except (TypeError, orjson.JSONEncodeError):  # a bug upstream: say so rather than lose the reply
+            log.exception("a reply could not be encoded as JSON")
+            text = orjson.dumps(
+                {
+                    "message": self.messages,
+                    "stream": None,
+                    "error": "internal error: the reply could not be encoded",
+                    "code": 500,
+                }
+            ).decode()
         self.outbox_bytes += len(text)
         self.outbox.put_nowait(text)
 
@@ -518,6 +547,7 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, hub: Hub):
         super().__init__(config)
         self.hub = hub
+        hub.on_fatal = lambda: setattr(self, "should_exit", True)
 
     async def shutdown(self, sockets=None) -> None:
         for server in getattr(self, "servers", []):
@@ -539,5 +569,8 @@ def serve(app: FastAPI, host: str, port: int, max_message_bytes: int, log_level:
     )
     # uvicorn drains on SIGTERM, restores the handler it found and raises the signal again; with
     # this one in place, a drained server exits with status 0 rather than "killed by SIGTERM".
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Server(config, app.state.hub).run()
+    hub = app.state.hub
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(FATAL_EXIT if hub.failed else 0))
+    Server(config, hub).run()
+    if hub.failed:
+        sys.exit(FATAL_EXIT)

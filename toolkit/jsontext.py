@@ -1,0 +1,44 @@
+"""One JSON decoding policy for everything rnnkit reads from outside: stream messages (`rnnkit
+stream`, `rnnkit serve`), HTTP bodies and JSON Lines data files.
+
+orjson decides what is JSON. It refuses what the standard library lets through and a reply could
+not carry or a reader could not bound: NaN and Infinity literals, lone surrogates (`"\\ud800"`,
+which no UTF-8 reply can encode), nesting deeper than 1024 and numbers beyond float64. Big
+integers within float64's range arrive as floats and are range-checked by the reader. Torch-free.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+NON_FINITE = ("NaN", "-Infinity", "Infinity")
+
+
+class JSONTextError(ValueError):
+    """Text that is not JSON under the policy; the message says what and at which column."""
+
+    def __init__(self, message: str, line: int, column: int, number: bool = False):
+        super().__init__(message)
+        self.line, self.column = line, column
+        self.number = number  # the text is JSON-like, but a number in it is not finite
+
+
+def parse(text: str | bytes):
+    """JSON text -> object, or JSONTextError naming the problem and its column."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        near = _text(text, max(e.pos - 1, 0), e.pos + 9)
+        literal = next((w for w in NON_FINITE if w in near), None)
+        beyond = "infinity when parsed" in e.msg
+        if literal:
+            what = f"{literal} is not a JSON number; only finite numbers are accepted"
+        elif beyond:
+            what = "a number beyond float64's range; only finite numbers are accepted"
+        else:
+            what = e.msg
+        raise JSONTextError(f"{what} (at column {e.colno})", e.lineno, e.colno, bool(literal or beyond)) from None
+
+
+def _text(text: str | bytes, start: int, end: int) -> str:
+    return text[start:end] if isinstance(text, str) else text[start:end].decode("latin-1")
