@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from toolkit.config import Config
-from toolkit.errors import ConfigError
+from toolkit.errors import CheckpointError, ConfigError
 from toolkit.train.checkpoint import load_model
 from toolkit.train.loop import train
 
@@ -130,6 +130,37 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
     print(f"max |uninterrupted - resumed| over all weights: {worst:.3e}")
     assert worst == 0.0
     assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
+
+
+class RunsCode:
+    """What an attacker would put in a state.pt: unpickling it runs `touch MARKER`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_does_not_unpickle_a_crafted_state_file(tmp_path):
+    cfg = make_config(tmp_path, "classify", "gru", epochs=1)
+    train(cfg, progress=False, log=lambda m: None)
+    state = tmp_path / "run" / "state.pt"
+    good = torch.load(state, weights_only=True)
+    marker = tmp_path / "pwned"
+    torch.save({**good, "history": RunsCode(marker)}, state)
+    resumed = Config.load(tmp_path / "run" / "config.json")
+    resumed.train.epochs = 2
+    with pytest.raises(CheckpointError) as refused:
+        train(resumed, resume=True, progress=False, log=lambda m: None)
+    print(refused.value)
+    assert not marker.exists(), "resuming ran the crafted file's code"
+    assert "does not unpickle" in str(refused.value) and "state.pt" in str(refused.value)
+    torch.save([1, 2], state)
+    with pytest.raises(CheckpointError, match="not an rnnkit training state"):
+        train(resumed, resume=True, progress=False, log=lambda m: None)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step"])

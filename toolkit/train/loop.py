@@ -9,6 +9,7 @@ with the same weights as one that never stopped.
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import sys
 import time
@@ -32,6 +33,8 @@ from toolkit.models.model import SequenceModel
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.metrics import better, default_monitor, metric_mode, metrics_for
 from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
+
+STATE_KEYS = frozenset({"model", "optimizer", "schedule", "scaler", "torch_rng", "fingerprint", "epoch", "history"})
 
 
 @dataclass
@@ -153,10 +156,20 @@ class _Run:
     def restore(self, path: Path) -> None:
         if not path.exists():
             raise CheckpointError(f"{path}: nothing to resume (no state.pt; was the first epoch finished?)")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+        try:  # tensors and plain values only: unpickling anything else could run a crafted file's code
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[-1][:200]
+            raise CheckpointError(
+                f"{path}: holds objects other than tensors and plain values, which rnnkit does not unpickle "
+                f"(a crafted file could run code); this is not a state.pt that rnnkit wrote ({first})"
+            ) from None
         except Exception as e:
             raise CheckpointError(f"{path}: cannot read training state ({e})") from None
+        if not isinstance(state, dict) or not STATE_KEYS <= state.keys():
+            raise CheckpointError(
+                f"{path}: not an rnnkit training state (expected a dict with {', '.join(STATE_KEYS)})"
+            )
         if state.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
                 f"{path}: the data files changed since this run started (sha256 differs); "
@@ -176,7 +189,7 @@ class _Run:
             setattr(self, key, state[key])
         self.log(f"resuming {self.out} after epoch {self.epoch}")
 
-    def _save_state(self) -> None:
+    def _save_state(self) -> None:  # plain values only, so that restore can load with weights_only
         ckpt.atomic_torch_save(
             self.out / "state.pt",
             {
