@@ -166,7 +166,7 @@ class _Run:
             ) from None
         except Exception as e:
             raise CheckpointError(f"{path}: cannot read training state ({e})") from None
-        if not isinstance(state, dict) or not STATE_KEYS <= state.keys():
+        if not isinstance(state, dict) or not state.keys() >= STATE_KEYS:
             raise CheckpointError(
                 f"{path}: not an rnnkit training state (expected a dict with {', '.join(STATE_KEYS)})"
             )
