@@ -7,6 +7,11 @@ import click
 from cli.main import engine_options, local_bundle, message_size_option, model_argument, user_errors
 
 
+def seconds_option(name: str, default: float, what: str):
+    seconds = click.FloatRange(min=0, min_open=True)
+    return click.option(name, type=seconds, default=default, show_default=True, help=what)
+
+
 @click.command()
 @model_argument
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 for every interface.")
@@ -23,13 +28,7 @@ from cli.main import engine_options, local_bundle, message_size_option, model_ar
     help="Longest a chunk waits for its batch to fill.",
 )
 @click.option("--max-streams", type=click.IntRange(min=1), default=10_000, show_default=True, help="Open streams held.")
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Seconds without a message after which a stream is closed.",
-)
+@seconds_option("--idle-timeout", 300.0, "Seconds without a message after which a stream is closed.")
 @click.option(
     "--token",
     envvar="RNNKIT_SERVE_TOKEN",
@@ -40,6 +39,25 @@ from cli.main import engine_options, local_bundle, message_size_option, model_ar
     "--max-chunk", type=click.IntRange(min=1), default=4096, show_default=True, help="Most steps per message."
 )
 @message_size_option("Largest WebSocket message or HTTP body.")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="A Host name this server answers (repeat; * for any). Default: loopback names when bound to "
+    "loopback (against DNS rebinding), any otherwise.",
+)
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    multiple=True,
+    help="A browser origin (https://app.example.com) allowed to open WebSockets, besides the server's "
+    "own (repeat; * for any).",
+)
+@click.option(
+    "--max-connections", type=click.IntRange(min=1), help="Open connections held; beyond it, 503. Default: no cap."
+)
+@seconds_option("--request-timeout", 10.0, "Seconds a client has to send a request's headers (handshakes included).")
+@seconds_option("--first-message-timeout", 60.0, "Seconds a new WebSocket has to send its first message.")
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @user_errors
 def serve(
@@ -56,6 +74,11 @@ def serve(
     token,
     max_chunk,
     max_message_bytes,
+    allow_hosts,
+    allow_origins,
+    max_connections,
+    request_timeout,
+    first_message_timeout,
     access_log,
 ):
     """Serve MODEL: WebSocket streams batched across streams, HTTP full-sequence inference.
@@ -73,6 +96,7 @@ def serve(
     runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
     from toolkit.runtime.engine import Engine
+    from toolkit.runtime.guard import default_hosts
     from toolkit.runtime.server import Settings, create_app, serve
 
     bundle = local_bundle(model, allow_unverified)
@@ -87,6 +111,11 @@ def serve(
         token=token,
         max_chunk=max_chunk,
         max_message_bytes=max_message_bytes,
+        allow_hosts=list(allow_hosts) or default_hosts(host),
+        allow_origins=list(allow_origins),
+        request_timeout=request_timeout,
+        first_message_timeout=first_message_timeout,
+        max_connections=max_connections,
     )
     app = create_app(engine, settings, source=model)
     mode = "streams and full sequences" if engine.step is not None else "full sequences only (bidirectional)"

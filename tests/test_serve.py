@@ -75,7 +75,8 @@ def server(bundle, *flags, env=None):
 
 def http(address, path, body=None, headers=None) -> tuple[int, dict | str]:
     data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
-    request = urllib.request.Request(f"http://{address}{path}", data=data, headers=headers or {})
+    kind = {"Content-Type": "application/json"} if data is not None else {}
+    request = urllib.request.Request(f"http://{address}{path}", data=data, headers={**kind, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
             status, text = r.status, r.read().decode()

@@ -4,14 +4,17 @@ fails, and a batcher that dies (the server then says not ready and exits non-zer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.test_export import exported_bundles
@@ -205,3 +208,70 @@ def http_status(address) -> int | None:
         return http(address, "/health/ready")[0]
     except OSError:
         return None
+
+
+# ---- browsers, hosts and slow clients ---------------------------------------------------------------
+def handshake(address: str, path: str = "/v1/streams", **headers: str) -> int:
+    """A raw WebSocket handshake with the given headers (Host among them); the HTTP status."""
+    host, port = address.split(":")
+    fields = {"Host": address, "Upgrade": "websocket", "Connection": "Upgrade"}
+    fields |= {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    fields |= {k.replace("_", "-"): v for k, v in headers.items()}
+    request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request.encode())
+        return int(s.recv(4096).split(b" ", 2)[1])
+
+
+def test_hosts_origins_content_type_and_token_place_are_checked(bundles):
+    """DNS rebinding (a foreign Host), a cross-site WebSocket (a foreign Origin), a text/plain POST
+    (no CORS preflight) and the token in an HTTP query are refused; /health hides internals from
+    clients without the token."""
+    secret = "tok-123"
+    flags = ["--allow-origin", "https://app.example.com"]
+    with server(bundles["uni"], *flags, env={"RNNKIT_SERVE_TOKEN": secret}) as (proc, address):
+        bearer = {"Authorization": f"Bearer {secret}"}
+        port = address.split(":")[1]
+        status, reply = http(address, "/v1/model", headers={**bearer, "Host": f"evil.example:{port}"})
+        print(status, reply)
+        assert status == 400 and "--allow-host" in reply["error"]
+        assert http(address, "/v1/model", headers={**bearer, "Host": f"localhost:{port}"})[0] == 200
+        assert handshake(address, Host="rebound.example", Authorization=f"Bearer {secret}") == 403
+        assert handshake(address, Origin="https://evil.example", Authorization=f"Bearer {secret}") == 403
+        assert handshake(address, Origin="https://app.example.com", Authorization=f"Bearer {secret}") == 101
+        assert handshake(address, Origin=f"http://{address}", Authorization=f"Bearer {secret}") == 101
+        assert handshake(address, Authorization=f"Bearer {secret}") == 101  # no Origin: not a browser
+        assert handshake(address, path=f"/v1/streams?token={secret}") == 101
+        body = json.dumps({"sequences": [[[0.5, 0.5]]]}).encode()
+        status, reply = http(address, "/v1/infer", body, {**bearer, "Content-Type": "text/plain"})
+        assert status == 415 and "application/json" in reply["error"]
+        assert http(address, "/v1/infer", body, bearer)[0] == 200
+        assert http(address, f"/v1/model?token={secret}")[0] == 401
+        public, private = http(address, "/health")[1], http(address, "/health", headers=bearer)[1]
+        print(public, private)
+        assert set(public) == {"live", "ready", "draining"} and private["model"] == str(bundles["uni"])
+
+
+def test_slow_and_silent_clients_are_timed_out_and_connections_capped(bundles):
+    flags = ["--request-timeout", "1", "--first-message-timeout", "1", "--max-connections", "6"]
+    with server(bundles["uni"], *flags) as (proc, address):
+        host, port = address.split(":")
+        silent = socket.create_connection((host, int(port)), timeout=10)
+        trickle = socket.create_connection((host, int(port)), timeout=10)
+        trickle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        started = time.monotonic()
+        assert silent.recv(100) == b"" and trickle.recv(100) == b""  # closed by the server
+        waited = time.monotonic() - started
+        print(f"half-sent and silent requests closed after {waited:.1f} s")
+        assert waited < 5
+        with connect(f"ws://{address}/v1/streams") as ws:
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            print(f"a WebSocket that sent nothing was closed after {time.monotonic() - started:.1f} s:", closed.value)
+            assert closed.value.rcvd.code == 1008
+        with contextlib.ExitStack() as held:
+            for _ in range(6):
+                held.enter_context(connect(f"ws://{address}/v1/streams"))
+            assert handshake(address) == 503
+        assert http(address, "/health/ready")[0] == 200

@@ -1,12 +1,14 @@
 """The bundle directory: model.onnx, step.onnx (unidirectional), manifest.json, parity.json.
 
 Reading a bundle (`read_manifest`, `check_graphs`) needs only the standard library, numpy and
-onnx; writing is atomic: everything goes to a temporary sibling directory that is renamed into
-place, so an interrupted export leaves either the old bundle or the new one, never a mix.
+onnx; writing is atomic: everything goes to a temporary sibling directory that is swapped with
+the old bundle in one step, so an export killed at any point leaves either the old bundle or the
+new one at OUT, never a mix and never nothing (see `write_bundle`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from toolkit.atomic import exchange, fsync_directory
 from toolkit.errors import RnnkitError
 
 FORMAT = "rnnkit-bundle"
@@ -33,8 +36,15 @@ def sha256(data: bytes) -> str:
 
 
 def write_bundle(out: Path, files: dict[str, bytes]) -> None:
-    """Write `files` (name -> bytes) as the bundle directory `out`, atomically."""
+    """Write `files` (name -> bytes) as the bundle directory `out`, atomically.
+
+    The new bundle is written and fsynced in a temporary sibling, then swapped with the old one in
+    a single rename (`renameat2` RENAME_EXCHANGE). Where the filesystem cannot swap, the old bundle
+    is renamed to `.OUT.old` first; a crash between that rename and the next leaves it there, and
+    `recover` (called by every reader and writer) puts it back."""
     out = Path(out)
+    recover(out)
+    shutil.rmtree(_old(out), ignore_errors=True)  # left by a replace stopped after its second rename
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not an rnnkit bundle; choose an empty or new --out directory")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -45,22 +55,39 @@ def write_bundle(out: Path, files: dict[str, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
+        fsync_directory(tmp)
+        if not out.exists():
+            os.replace(tmp, out)
+        elif exchange(tmp, out):  # tmp now holds the old bundle
+            pass
+        else:
+            old = _old(out)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+            os.replace(tmp, out)
+            tmp = old
+        fsync_directory(out.parent)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _old(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
+
+
+def recover(out: Path) -> None:
+    """Put back the bundle a replace without atomic swap left at `.OUT.old` when it was stopped
+    between its two renames (OUT missing)."""
+    old = _old(Path(out))
+    if not Path(out).exists() and (old / MANIFEST).is_file():
+        os.replace(old, out)
 
 
 def read_manifest(bundle: str | Path) -> dict:
     bundle = Path(bundle)
     path = bundle / MANIFEST
+    with contextlib.suppress(OSError):  # a reader without write access still reads what it can
+        recover(bundle)
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: not a directory (expected a bundle written by `rnnkit export`)")
     try:

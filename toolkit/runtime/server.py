@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
 import sys
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from urllib.parse import parse_qs
 
 import orjson
 import uvicorn
@@ -43,13 +41,13 @@ from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect
 
 from toolkit.runtime.engine import Engine, InputError
+from toolkit.runtime.guard import AUTHENTICATED, Guard, deny, with_request_deadline
 from toolkit.runtime.infer import result
 from toolkit.runtime.messages import Codec, Message, MessageError, loads, unknown_stream
 from toolkit.runtime.scheduler import Job, Scheduler, Stream, TooManyStreams
 from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 
 log = logging.getLogger("rnnkit.serve")
-OPEN_PATHS = ("/health", "/health/live", "/health/ready")  # probes need no token
 MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client must read its replies
 OUTBOX_BYTES = 8 * 2**20  # replies waiting to be sent on one connection before it stops reading
 FATAL_EXIT = 3  # the server stopped because it could not go on (see Hub._task_ended)
@@ -66,6 +64,11 @@ class Settings:
     max_chunk: int = 4096
     max_message_bytes: int = 4 * 2**20
     drain_timeout: float = 30.0
+    allow_hosts: list[str] = field(default_factory=lambda: ["*"])  # Host names answered ("*": any)
+    allow_origins: list[str] = field(default_factory=list)  # browser origins besides the server's own
+    request_timeout: float = 10.0  # to send a request's headers (a WebSocket handshake included)
+    first_message_timeout: float = 60.0  # for a new WebSocket to send its first message
+    max_connections: int | None = None  # beyond it, 503 (WebSockets here; HTTP: uvicorn's limit_concurrency)
 
 
 class Hub:
@@ -193,7 +196,15 @@ class Connection:
                     await asyncio.sleep(0.005)  # a client that does not read is not read
                 if self.sender.done():  # the client is gone (a send failed): end the connection
                     break
-                message = await self.ws.receive()
+                if self.messages:
+                    message = await self.ws.receive()
+                else:  # a connection that never sends would hold its socket for good
+                    wait = hub.settings.first_message_timeout
+                    try:
+                        message = await asyncio.wait_for(self.ws.receive(), wait)
+                    except asyncio.TimeoutError:
+                        await self.ws.close(1008, f"no message within {wait:g} s of connecting")
+                        break
                 if message["type"] == "websocket.disconnect":
                     break
                 text = message.get("text")
@@ -393,8 +404,7 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.hub = hub
-    if settings.token:
-        app.add_middleware(TokenAuth, token=settings.token)
+    app.add_middleware(Guard, hosts=settings.allow_hosts, origins=settings.allow_origins, token=settings.token)
 
     @app.websocket("/v1/streams")
     async def streams(ws: WebSocket):
@@ -403,6 +413,8 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
             refusal = (503, "the server is shutting down")
         elif hub.scheduler is None:
             refusal = (409, "this model is bidirectional and cannot stream: POST whole sequences to /v1/infer")
+        elif settings.max_connections and len(hub.connections) >= settings.max_connections:
+            refusal = (503, f"the server holds its limit of {settings.max_connections} connections; retry later")
         elif hub.scheduler.open_streams >= settings.max_streams:
             refusal = (429, f"the server holds its limit of {settings.max_streams} streams; retry later")
         if refusal:
@@ -449,9 +461,13 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
         return {"source": source, "provider": engine.provider, "manifest": engine.manifest}
 
     @app.get("/health")
-    async def health():
-        """Liveness and readiness with a summary; 503 while starting or shutting down."""
-        return JSONResponse(hub.health(), status_code=200 if hub.ready else 503)
+    async def health(request: Request):
+        """Liveness and readiness, with a summary for authenticated clients (all, without a token);
+        503 while starting or shutting down."""
+        summary = hub.health()
+        if not request.scope.get(AUTHENTICATED):
+            summary = {key: summary[key] for key in ("live", "ready", "draining")}
+        return JSONResponse(summary, status_code=200 if hub.ready else 503)
 
     @app.get("/health/live")
     async def live():
@@ -503,44 +519,6 @@ def parse_sequences(codec: Codec, body: bytes) -> list:
     return parsed
 
 
-async def deny(ws: WebSocket, status: int, reason: str) -> None:
-    """Refuse a WebSocket handshake with an HTTP status where the server supports it (uvicorn
-    does), else accept-less close code 1008 (policy) / 1013 (try again later)."""
-    if "websocket.http.response" in ws.scope.get("extensions", {}):
-        await ws.send_denial_response(JSONResponse({"error": reason}, status_code=status))
-    else:
-        await ws.close(1013 if status in (429, 503) else 1008, reason)
-
-
-class TokenAuth:
-    """With --token: every request but the health probes needs `Authorization: Bearer TOKEN`
-    (or `?token=TOKEN`, for browsers, whose WebSocket API cannot set headers)."""
-
-    def __init__(self, app, token: str):
-        self.app, self.token = app, token.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS or self._allowed(scope):
-            return await self.app(scope, receive, send)
-        reply = JSONResponse(
-            {"error": "missing or wrong token: send the header `Authorization: Bearer TOKEN`"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        if scope["type"] == "http":
-            return await reply(scope, receive, send)
-        await deny(WebSocket(scope, receive, send), 401, "missing or wrong token")
-
-    def _allowed(self, scope) -> bool:
-        given = b""
-        for key, value in scope.get("headers", []):
-            if key == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-        if not given:
-            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0].encode()
-        return hmac.compare_digest(given, self.token)
-
-
 class Server(uvicorn.Server):
     """uvicorn, with SIGTERM draining the streams before uvicorn closes the connections."""
 
@@ -566,6 +544,8 @@ def serve(app: FastAPI, host: str, port: int, max_message_bytes: int, log_level:
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=int(app.state.hub.settings.drain_timeout),
+        http=with_request_deadline(app.state.hub.settings.request_timeout),
+        limit_concurrency=app.state.hub.settings.max_connections,
     )
     # uvicorn drains on SIGTERM, restores the handler it found and raises the signal again; with
     # this one in place, a drained server exits with status 0 rather than "killed by SIGTERM".
