@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from toolkit.atomic import exchange, fsync_directory
 from toolkit.errors import RnnkitError
+from toolkit.export import manifest as schema
+from toolkit.jsontext import JSONTextError, parse
 
 FORMAT = "rnnkit-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 * 2**20  # a vocabulary of a million words is about 15 MB
 PARITY = "parity.json"
 
 
@@ -84,35 +87,60 @@ def recover(out: Path) -> None:
 
 
 def read_manifest(bundle: str | Path) -> dict:
+    """The bundle's manifest, read as a bounded regular file and checked against the schema
+    (`toolkit.export.manifest`) before any field is used."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     with contextlib.suppress(OSError):  # a reader without write access still reads what it can
         recover(bundle)
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: not a directory (expected a bundle written by `rnnkit export`)")
+    data = read_regular(path, MAX_MANIFEST_BYTES, f"{bundle} is not a complete rnnkit bundle")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{path}: missing; {bundle} is not a complete rnnkit bundle") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: unreadable ({e})") from None
+        manifest = parse(data)
+    except JSONTextError as e:
+        raise BundleError(f"{path}: not JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: not an rnnkit bundle manifest (format {manifest.get('format')!r})")
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path}: not an rnnkit bundle manifest (format {got!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"{path}: bundle format version {manifest.get('format_version')!r}; "
             f"this rnnkit reads version {FORMAT_VERSION}"
         )
+    try:
+        schema.check(manifest)
+    except ValueError as e:
+        raise BundleError(f"{path}: does not match the bundle format: {e}; export the bundle again") from None
     return manifest
 
 
-def read_graph(bundle: str | Path, name: str, info: dict) -> bytes:
-    """A graph file's bytes, checked against the sha256 the manifest recorded for it."""
-    path = Path(bundle) / name
+def read_regular(path: Path, limit: int, missing: str) -> bytes:
+    """The bytes of `path`, which must be a regular file (not a symlink, device, pipe or
+    directory) of at most `limit` bytes; anything else is a BundleError naming it."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise BundleError(f"{path}: missing (the manifest lists it)") from None
+        raise BundleError(f"{path}: missing; {missing}") from None
+    except OSError as e:  # ELOOP: a symlink; EISDIR, EACCES, ...
+        raise BundleError(f"{path}: cannot be read as a regular file ({e.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path}: not a regular file; a bundle holds regular files only")
+        raise BundleError(f"{path}: {info.st_size} bytes, over the {limit} this file may have")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError(f"{path}: over the {limit} bytes this file may have")
+    return data
+
+
+def read_graph(bundle: str | Path, name: str, info: dict) -> bytes:
+    """A graph file's bytes, checked against the size and sha256 the manifest recorded for it."""
+    path = Path(bundle) / name
+    data = read_regular(path, info.get("bytes") or schema.MAX_GRAPH_BYTES, "the manifest lists it")
     digest = sha256(data)
     if digest != info.get("sha256"):
         raise BundleError(
@@ -128,7 +156,7 @@ def check_graphs(bundle: str | Path, manifest: dict) -> dict[str, bytes]:
     import onnx
 
     graphs = {}
-    for name, info in manifest.get("graphs", {}).items():
+    for name, info in manifest["graphs"].items():
         data = read_graph(bundle, name, info)
         path = Path(bundle) / name
         try:

@@ -181,6 +181,7 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
         "graphs": {
             name: {
                 "sha256": sha256(blobs[name]),
+                "bytes": len(blobs[name]),
                 "ir_version": g.ir_version,
                 "inputs": [i.name for i in g.graph.input],
                 "outputs": [o.name for o in g.graph.output],

@@ -223,8 +223,10 @@ class OnnxReference(Reference):
         runs = rule.noise_runs - 1  # no second float32 implementation here: perturbed copies only
         self.full = session(blobs["model.onnx"], provider)
         self.full_noisy = [session(perturbed_graph(blobs["model.onnx"], rng), provider) for _ in range(runs)]
-        self.step = session(blobs["step.onnx"], provider) if "step.onnx" in blobs else None
-        self.step_noisy = [session(perturbed_graph(blobs["step.onnx"], rng), provider) for _ in range(runs)]
+        self.step = self.step_noisy = None  # a bidirectional bundle has no step graph
+        if "step.onnx" in blobs:
+            self.step = session(blobs["step.onnx"], provider)
+            self.step_noisy = [session(perturbed_graph(blobs["step.onnx"], rng), provider) for _ in range(runs)]
         self.name = "model.onnx"
 
     def outputs(self, x, lengths):

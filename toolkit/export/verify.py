@@ -14,12 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.export import parity
-from toolkit.export.bundle import BundleError, check_graphs, read_manifest
+from toolkit.export.bundle import MAX_MANIFEST_BYTES, PARITY, BundleError, check_graphs, read_manifest, read_regular
+from toolkit.jsontext import JSONTextError, parse
+from toolkit.runtime.engine import Engine
 
 
 def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int | None = None) -> parity.Report:
     manifest = read_manifest(bundle)
     blobs = check_graphs(bundle, manifest)
+    check_certificate(Path(bundle), manifest)
+    Engine(bundle, device="cpu", allow_unverified=True)  # the manifest describes the graphs' own inputs and state
     seed = parity.fresh_seed(seed)
     if checkpoint is not None:
         from toolkit.export.exporter import certify
@@ -46,3 +50,23 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
     elif not manifest["model"]["bidirectional"]:
         raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
     return parity.Report(seed=seed, rule=parity.FP32, cases=cases)
+
+
+def check_certificate(bundle: Path, manifest: dict) -> None:
+    """parity.json must be there and say what the manifest's parity summary says."""
+    path = bundle / PARITY
+    try:
+        report = parse(read_regular(path, MAX_MANIFEST_BYTES, "the bundle's parity certificate"))
+    except JSONTextError as e:
+        raise BundleError(f"{path}: not JSON ({e})") from None
+    summary = report.get("summary") if isinstance(report, dict) else None
+    if not isinstance(summary, dict) or not isinstance(report.get("cases"), list):
+        raise BundleError(
+            f'{path}: not a parity certificate (expected {{"summary": ..., "rule": ..., "cases": [...]}})'
+        )
+    stated = manifest["parity"]
+    if summary.get("passed") is not stated["passed"] or summary.get("cases") != stated["cases"]:
+        raise BundleError(
+            f"{path}: says passed={summary.get('passed')!r} over {summary.get('cases')!r} cases, the manifest "
+            f"passed={stated['passed']!r} over {stated['cases']} cases; one of them was changed after export"
+        )

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from toolkit.errors import RnnkitError
 from toolkit.export.bundle import BundleError, read_graph, read_manifest
-from toolkit.runtime.providers import make_session
+from toolkit.runtime.providers import DeviceError, make_session
 
 DEVICE_TYPE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
@@ -55,8 +55,8 @@ class Engine:
                 "pass --allow-unverified to run it anyway"
             )
         graphs = {name: read_graph(self.path, name, info) for name, info in self.manifest["graphs"].items()}
-        self.full = make_session(graphs["model.onnx"], device, threads, spin)
-        self.step = make_session(graphs["step.onnx"], device, threads, spin) if "step.onnx" in graphs else None
+        self.full = self._session(graphs, "model.onnx", device, threads, spin)
+        self.step = self._session(graphs, "step.onnx", device, threads, spin) if "step.onnx" in graphs else None
         self.provider = self.full.get_providers()[0]
         self.device_type = DEVICE_TYPE.get(self.provider, "cpu")
         self.bind_state = self.device_type != "cpu" if bind_state is None else bind_state
@@ -68,8 +68,43 @@ class Engine:
         self.per_step = bool(self.manifest["output"]["per_step"])
         self.state_spec = self.manifest["state"] or []
         self.state_names = [spec["name"] for spec in self.state_spec]
+        self._check_inputs(self.full, "model.onnx", {self.input_name, "lengths"})
         if self.step is not None:
             self.step_outputs = [o.name for o in self.step.get_outputs()]
+            self._check_inputs(self.step, "step.onnx", {self.input_name, *self.state_names})
+            self._check_state()
+
+    def _session(self, graphs: dict, name: str, device, threads, spin):
+        """An ONNX Runtime session on a graph, or a BundleError if it is not one ONNX Runtime can load."""
+        try:
+            return make_session(graphs[name], device, threads, spin)
+        except DeviceError:
+            raise
+        except Exception as e:  # InvalidProtobuf, InvalidGraph, Fail: the bytes are not a model it runs
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            why = f"{type(e).__name__}: {first}"
+            raise BundleError(f"{self.path / name}: ONNX Runtime cannot load it ({why})") from None
+
+    def _check_state(self) -> None:
+        """The manifest's state spec must be step.onnx's own state inputs: the server sizes its
+        state pool from the spec."""
+        inputs = {i.name: i.shape for i in self.step.get_inputs()}
+        for spec in self.state_spec:
+            layers, _, hidden = spec["shape"]
+            shape = inputs.get(spec["name"])
+            if shape is None or len(shape) != 3 or (shape[0], shape[2]) != (layers, hidden):
+                raise BundleError(
+                    f"{self.path / 'manifest.json'}: state {spec['name']!r} of shape {spec['shape']} does not match "
+                    f"step.onnx's input {shape}; the manifest was changed after export"
+                )
+
+    def _check_inputs(self, session, name: str, wanted: set[str]) -> None:
+        have = {i.name for i in session.get_inputs()}
+        if have != wanted:
+            raise BundleError(
+                f"{self.path / name}: inputs {sorted(have)}, but the manifest describes {sorted(wanted)}; "
+                "the bundle was changed after export"
+            )
 
     # ---- input checks --------------------------------------------------------------------
     def check(self, steps, where: str) -> np.ndarray:

@@ -1,0 +1,140 @@
+"""The bundle manifest's schema (format version 1), checked before anything reads a field.
+
+Typed models (pydantic, already a dependency of the server) rather than hand-written checks:
+every field has a type, a range and, where the exporter writes a fixed set, that set; a manifest
+that does not match is refused with the field's path. Graph names are the two the format knows
+(so none can point outside the bundle); sizes are bounded so that no field can make a reader
+allocate without limit. Informational sections (`producer`, `source`, extra `model` and `parity`
+keys) are checked for type only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+MAX_VOCAB = 2**24
+MAX_WIDTH = 2**16  # features per step, hidden units, targets
+MAX_LAYERS = 256
+MAX_GRAPH_BYTES = 2**31  # protobuf's own limit for one ONNX file
+
+Count = Annotated[StrictInt, Field(ge=1, le=MAX_WIDTH)]
+Finite = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+Positive = Annotated[StrictFloat | StrictInt, Field(gt=0, allow_inf_nan=False)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokensInput(Strict):
+    kind: Literal["tokens"]
+    name: Literal["tokens"]
+    vocab: list[StrictStr] = Field(min_length=4, max_length=MAX_VOCAB)  # <pad> <unk> <bos> <eos> first
+    vocab_size: Annotated[StrictInt, Field(ge=4, le=MAX_VOCAB)]
+    level: Literal["char", "word"] | None = None
+    lowercase: StrictBool = False
+
+    @model_validator(mode="after")
+    def sized(self):
+        if len(self.vocab) != self.vocab_size:
+            raise ValueError(f"vocab has {len(self.vocab)} entries but vocab_size is {self.vocab_size}")
+        return self
+
+
+class FeaturesInput(Strict):
+    kind: Literal["features"]
+    name: Literal["features"]
+    num_features: Count
+    mean: list[Finite]
+    std: list[Positive]
+    note: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def sized(self):
+        if not len(self.mean) == len(self.std) == self.num_features:
+            raise ValueError(f"mean and std must each have num_features ({self.num_features}) values")
+        return self
+
+
+class Output(Strict):
+    name: Literal["logits", "values"]
+    per_step: StrictBool
+    labels: list[StrictStr] | None = Field(None, min_length=1, max_length=MAX_VOCAB)
+    num_targets: Count | None = None
+    target_mean: list[Finite] | None = Field(None, max_length=MAX_WIDTH)
+    target_std: list[Positive] | None = Field(None, max_length=MAX_WIDTH)
+
+
+class State(Strict):
+    name: Literal["h", "c"]
+    output: Literal["h_next", "c_next"]
+    shape: tuple[Annotated[StrictInt, Field(ge=1, le=MAX_LAYERS)], Literal["batch"], Count]
+    dtype: Literal["float32"]
+    initial: Literal["zeros"]
+
+
+class Graph(Strict):
+    sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+    ir_version: Annotated[StrictInt, Field(ge=1, le=100)]
+    inputs: list[Name] = Field(min_length=1, max_length=16)
+    outputs: list[Name] = Field(min_length=1, max_length=16)
+    bytes: Annotated[StrictInt, Field(ge=1, le=MAX_GRAPH_BYTES)] | None = None  # since 0.2; bounds the read
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    cell: Literal["rnn", "lstm", "gru"]
+    num_layers: Annotated[StrictInt, Field(ge=1, le=MAX_LAYERS)]
+    hidden_size: Count
+    bidirectional: StrictBool
+
+
+class Parity(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    passed: StrictBool
+    cases: Annotated[StrictInt, Field(ge=0)]
+    failed: Annotated[StrictInt, Field(ge=0)]
+    worst_case: StrictStr | None = None
+
+
+class Manifest(Strict):
+    format: Literal["rnnkit-bundle"]
+    format_version: Literal[1]
+    task: Literal["classify", "tag", "regress", "lm"]
+    model: ModelInfo
+    input: TokensInput | FeaturesInput = Field(discriminator="kind")
+    output: Output
+    state: list[State] | None = Field(min_length=1, max_length=2)
+    precision: Literal["fp32"]
+    opset: Annotated[StrictInt, Field(ge=7, le=100)]
+    graphs: dict[Literal["model.onnx", "step.onnx"], Graph]
+    producer: dict = Field(default_factory=dict)
+    parity: Parity
+    source: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def consistent(self):
+        if self.model.bidirectional != (self.state is None):
+            raise ValueError("state must be null exactly when the model is bidirectional")
+        if "model.onnx" not in self.graphs:
+            raise ValueError("graphs must list model.onnx")
+        if (self.state is None) == ("step.onnx" in self.graphs):
+            raise ValueError("a bundle has step.onnx and a state spec together (unidirectional) or neither")
+        if self.task in ("classify", "tag") and not self.output.labels:
+            raise ValueError(f"a {self.task} bundle's output needs its labels")
+        return self
+
+
+def check(obj) -> None:
+    """Raise ValueError naming each field of `obj` (a parsed manifest) that breaks the schema."""
+    from pydantic import ValidationError
+
+    try:
+        Manifest.model_validate(obj)
+    except ValidationError as e:
+        problems = [f"{'.'.join(map(str, err['loc'])) or 'manifest'}: {err['msg']}" for err in e.errors()[:3]]
+        more = f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else ""
+        raise ValueError("; ".join(problems) + more) from None
