@@ -275,3 +275,43 @@ def test_slow_and_silent_clients_are_timed_out_and_connections_capped(bundles):
                 held.enter_context(connect(f"ws://{address}/v1/streams"))
             assert handshake(address) == 503
         assert http(address, "/health/ready")[0] == 200
+
+
+INFER_FAILS = """
+import sys
+from toolkit.runtime import engine
+
+def fails(self, sequences):
+    raise RuntimeError("injected: onnxruntime failed")
+
+engine.Engine.infer = fails
+from cli.main import main
+sys.argv = ["rnnkit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_failed_http_request_is_a_json_500_and_streams_go_on(bundles):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INFER_FAILS, "serve", str(bundles["uni"]), "--port", str(port), "--device", "cpu"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while http_status(address) != 200:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        status, reply = http(address, "/v1/infer", {"sequences": [[[0.5, 0.5]]]})
+        print(status, reply)
+        assert status == 500 and "logged by the server" in reply["error"]
+        with connect(f"ws://{address}/v1/streams") as ws:
+            ws.send(json.dumps({"stream": "a", "features": [[1.0, 2.0]]}))
+            assert json.loads(ws.recv(timeout=30))["step"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -453,6 +453,10 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
         except InputError as e:
             hub.telemetry.errors.labels("400").inc()
             return JSONResponse({"error": str(e)}, status_code=400)
+        except Exception:  # a bug or an ONNX Runtime failure: a JSON 500, logged, and the server goes on
+            log.exception("POST /v1/infer failed")
+            hub.telemetry.errors.labels("500").inc()
+            return JSONResponse({"error": "internal error on this request (logged by the server)"}, status_code=500)
         return JSONResponse({"results": [result(engine.manifest, y) for y in outputs], "provider": engine.provider})
 
     @app.get("/v1/model")
