@@ -15,12 +15,9 @@ tracking_option = click.option(
 
 
 def _connect(tracking_uri: str | None) -> None:
-    import os
+    from toolkit.mlflow_env import apply_defaults
 
-    from toolkit.tracking.training import MLFLOW_DEFAULTS
-
-    for key, value in MLFLOW_DEFAULTS.items():  # a dead server is reported in seconds, not minutes
-        os.environ.setdefault(key, value)
+    apply_defaults()  # a dead server is reported in seconds, not minutes
     if tracking_uri:
         import mlflow
 

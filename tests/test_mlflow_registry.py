@@ -201,3 +201,30 @@ def test_a_damaged_cache_entry_is_not_trusted(store, trained):
     print(again.stderr.strip())
     assert "downloading" in again.stderr and outputs(again)
     assert (entry / "bundle" / "manifest.json").is_file()
+
+
+def test_registry_queries_import_no_torch(store, trained):
+    """`rnnkit models list` read three MLflow settings from the training module, which imports
+    torch: seconds of start-up for a registry query."""
+    assert "torch" not in heavy_modules_after(["models", "list"])
+    assert "torch" not in heavy_modules_after(["models", "list", "--help"])
+    assert "torch" not in heavy_modules_after(["models", "alias", "toy", "1", "champion"])
+
+
+def test_an_alias_on_a_dead_tracking_server_fails_in_seconds(tmp_path, monkeypatch):
+    """The models:/NAME@ALIAS lookup missed the capped retries: a dead server cost minutes."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "cache"))
+    started = time.monotonic()
+    proc = rnnkit("stream", "models:/toy@champion", timeout=600, input=MESSAGE)
+    took = time.monotonic() - started
+    print(f"dead tracking server: exit {proc.returncode} after {took:.1f} s: {proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "error: " in proc.stderr and took < 60

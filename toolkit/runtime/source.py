@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from toolkit.errors import RegistryError
 from toolkit.export.bundle import MANIFEST
+from toolkit.mlflow_env import apply_defaults
 
 ARTIFACT = "bundle"  # the key of the bundle directory among a logged model's artifacts
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default (FIELD-NOTES)
@@ -110,8 +111,7 @@ def _cached(store: str, key: tuple[str, ...]) -> Path | None:
 
 
 def _mlflow(store: str):
-    # Progress bars for a few small files would only clutter the commands' stderr.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    apply_defaults()  # capped retries: a dead server is an error in seconds; no progress bars
     import mlflow
 
     mlflow.set_tracking_uri(store)

@@ -19,16 +19,12 @@ from typing import Any
 
 from toolkit.atomic import atomic_write_json
 from toolkit.config import Config
+from toolkit.mlflow_env import apply_defaults
 from toolkit.train.checkpoint import fingerprint, read_json
 
 # MLflow's HTTP client retries 7 times with exponential backoff (minutes on a dead server): a
 # training run should learn within seconds that its tracking server is gone. Artifact progress
 # bars for a few small files would only bury the command's own output.
-MLFLOW_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 RUN_FILES = ("config.json", "spec.json", "vocab.json", "labels.json", "metrics.json", "model.pt")
 
 
@@ -111,8 +107,7 @@ class Tracker:
 
     def start(self) -> None:
         """Start the MLflow run; a resumed training run continues its MLflow run (same store)."""
-        for key, value in MLFLOW_DEFAULTS.items():
-            os.environ.setdefault(key, value)
+        apply_defaults()
         import mlflow
 
         self.mlflow, cfg = mlflow, self.config
