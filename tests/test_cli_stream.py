@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_export import exported_bundles
+from tests.test_export import exported_bundles, rnnkit
 from toolkit.runtime.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +204,34 @@ def test_infer_on_real_data_agrees_with_torch_evaluate(tmp_path):
     assert heavy == "[]"
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(370)) and all(r["prediction"] in "123456789" for r in rows)
+
+
+def test_infer_reads_a_csv_series_as_training_did(tmp_path):
+    """`rnnkit infer` rebuilt the training config with defaults: a model trained with --horizon 3
+    was scored against next-step targets, and --target-columns y failed ("expected 1 target
+    columns ... got 2"). The manifest now carries how its data was read."""
+    rng = np.random.default_rng(0)
+    t = np.arange(300)
+    rows = ["x,y"] + [f"{np.sin(i / 7):.4f},{np.cos(i / 5) + 0.1 * rng.normal():.4f}" for i in t]
+    data = tmp_path / "series.csv"
+    data.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    flags = ["--hidden-size", "8", "--epochs", "2", "--device", "cpu", "--no-progress", "--no-mlflow"]
+    train = rnnkit(
+        "train", "--task", "regress", "--data", data, "--horizon", "3", "--target-columns", "y", "--out", run, *flags
+    )
+    assert train.returncode == 0, train.stderr
+    reader = json.loads((run / "bundle" / "manifest.json").read_text())["reader"]
+    assert reader["horizon"] == 3 and reader["target_columns"] == ["y"]
+    proc = rnnkit(
+        "infer", run / "bundle", "--input", data, "--output", tmp_path / "p.jsonl", "--device", "cpu", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    served = json.loads(proc.stdout)["metrics"]
+    values = np.loadtxt(data, delimiter=",", skiprows=1, dtype=np.float32)
+    y = Engine(run / "bundle", device="cpu").infer([values])[0][:-3, 0]  # the model on the whole series
+    want = np.abs(y - values[3:, 1])  # scored against y three steps ahead
+    print(
+        "infer:", served, "expected mae:", want.mean(), "if scored one step ahead:", np.abs(y - values[1:-2, 1]).mean()
+    )
+    assert abs(served["mae"] - want.mean()) <= 1e-5 and abs(served["rmse"] - np.sqrt((want**2).mean())) <= 1e-5

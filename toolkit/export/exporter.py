@@ -143,6 +143,13 @@ def _read_sample(path, config, input_spec, output_spec):
     return batch.inputs, batch.lengths
 
 
+def reader_spec(config) -> dict:
+    """How the training data was read, so that inference reads its files the same way (a csv
+    series: which columns are targets and how far ahead)."""
+    d = config.data
+    return {"level": d.level, "lowercase": d.lowercase, "target_columns": d.target_columns, "horizon": d.horizon}
+
+
 def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir) -> dict:
     cfg = config.model
     if input_spec.kind == "tokens":
@@ -175,6 +182,7 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
         },
         "input": inp,
         "output": out,
+        "reader": reader_spec(config),
         "state": None if cfg.bidirectional else state_spec(cfg),
         "precision": "fp32",
         "opset": opset,

@@ -68,6 +68,13 @@ class Output(Strict):
     target_std: list[Positive] | None = Field(None, max_length=MAX_WIDTH)
 
 
+class Reader(Strict):
+    level: Literal["char", "word"]
+    lowercase: StrictBool
+    target_columns: list[Name] | None = Field(max_length=MAX_WIDTH)
+    horizon: Annotated[StrictInt, Field(ge=1, le=2**31)]
+
+
 class State(Strict):
     name: Literal["h", "c"]
     output: Literal["h_next", "c_next"]
@@ -107,6 +114,7 @@ class Manifest(Strict):
     model: ModelInfo
     input: TokensInput | FeaturesInput = Field(discriminator="kind")
     output: Output
+    reader: Reader | None = None  # since 0.2: how the training data was read
     state: list[State] | None = Field(min_length=1, max_length=2)
     precision: Literal["fp32"]
     opset: Annotated[StrictInt, Field(ge=7, le=100)]

@@ -15,11 +15,15 @@ from toolkit.train.metrics import metrics_for
 
 
 def specs(manifest: dict) -> tuple[Config, InputSpec, OutputSpec]:
-    """The config and specs a bundle was trained with, rebuilt from its manifest."""
+    """The config and specs a bundle was trained with, rebuilt from its manifest: how its data was
+    read (the `reader` section) and its input and output specs."""
     inp, out = manifest["input"], manifest["output"]
     config = Config(task=manifest["task"])
-    config.data.level = inp.get("level", "char")
-    config.data.lowercase = bool(inp.get("lowercase", False))
+    reader = manifest.get("reader") or {}  # bundles before 0.2 carry level and lowercase in "input"
+    config.data.level = reader.get("level", inp.get("level", "char"))
+    config.data.lowercase = bool(reader.get("lowercase", inp.get("lowercase", False)))
+    config.data.target_columns = reader.get("target_columns")
+    config.data.horizon = reader.get("horizon", 1)
     if inp["kind"] == "tokens":
         input_spec = InputSpec("tokens", vocab=Vocabulary(inp["vocab"]))
     else:
