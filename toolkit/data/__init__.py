@@ -8,7 +8,6 @@ from toolkit.data.batching import bucket_batches, pad_batch, stream_windows
 from toolkit.data.encode import (
     Encoded,
     build_specs,
-    count_unknown,
     encode_examples,
     encode_stream,
     label_universe,
@@ -51,7 +50,6 @@ __all__ = [
     "Vocabulary",
     "bucket_batches",
     "build_specs",
-    "count_unknown",
     "encode_examples",
     "encode_records",
     "encode_stream",

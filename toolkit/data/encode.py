@@ -240,16 +240,6 @@ def encode_examples(records: Iterable[Record], input_spec: InputSpec, output_spe
     return out
 
 
-def count_unknown(records: Iterable[Record], vocab: Vocabulary) -> tuple[int, int]:
-    """(tokens not in `vocab`, all tokens) over token records."""
-    unknown = total = 0
-    for r in records:
-        if r.tokens is not None:
-            unknown += vocab.count_unknown(r.tokens)
-            total += len(r.tokens)
-    return unknown, total
-
-
 # ----------------------------------------------------------------------------------------------- streams
 
 

@@ -63,9 +63,6 @@ class Vocabulary:
     def to_json(self) -> list[str]:
         return list(self.tokens)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False), encoding="utf-8")
-
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import torch
 
+from toolkit.atomic import atomic_write_bytes
 from toolkit.export import parity
 from toolkit.export.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
 from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
@@ -56,8 +57,7 @@ def export(
         write_bundle(out, files)
         return ExportResult(out, report, manifest, True, out / PARITY)
     kept = out.with_name(f"{out.name}.parity-failed.json")
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_bytes(report_json)
+    atomic_write_bytes(kept, report_json)
     return ExportResult(out, report, manifest, False, kept)
 
 

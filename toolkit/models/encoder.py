@@ -33,7 +33,6 @@ class RecurrentEncoder(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout)
         self.output_size = cfg.output_size
-        self.pooled_size = cfg.output_size
 
     @property
     def directions(self) -> int:
