@@ -242,6 +242,3 @@ class Stream:
         y, self.state = self.engine.run_step(x[None], self.state)
         self.steps += len(x)
         return y[0]
-
-    def close(self) -> None:
-        self.state = {}
