@@ -29,8 +29,9 @@ def print_report(report, as_json: bool, extra: dict | None = None) -> None:
         f"worst {summary['worst_case']}: margin {summary['worst_margin']:.3f}"
     )
     click.echo(
-        f"budget = {rule.factor:g} x fp32 err (torch float32's own error on the case) + {rule.floor_ulps:g} ulp of "
-        "max|reference|; margin = max abs / budget, pass <= 1"
+        f"budget = {rule.factor:g} x fp32 err (float32's own error on the case: the model in float32 with its "
+        f"weights as trained and moved by ~1 ulp) + {rule.floor_ulps:g} ulp of max|reference|; "
+        "margin = max abs / budget, pass <= 1"
     )
     for name, value in (extra or {}).items():
         click.echo(f"{name}: {value}")
