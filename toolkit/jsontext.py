@@ -17,9 +17,8 @@ NON_FINITE = ("NaN", "-Infinity", "Infinity")
 class JSONTextError(ValueError):
     """Text that is not JSON under the policy; the message says what and at which column."""
 
-    def __init__(self, message: str, line: int, column: int, number: bool = False):
+    def __init__(self, message: str, number: bool = False):
         super().__init__(message)
-        self.line, self.column = line, column
         self.number = number  # the text is JSON-like, but a number in it is not finite
 
 
@@ -37,7 +36,7 @@ def parse(text: str | bytes):
             what = "a number beyond float64's range; only finite numbers are accepted"
         else:
             what = e.msg
-        raise JSONTextError(f"{what} (at column {e.colno})", e.lineno, e.colno, bool(literal or beyond)) from None
+        raise JSONTextError(f"{what} (at column {e.colno})", bool(literal or beyond)) from None
 
 
 def _text(text: str | bytes, start: int, end: int) -> str:

@@ -1,8 +1,9 @@
 """MLflow client settings every rnnkit command that talks to MLflow starts with, in one place.
 
 Environment variables, set only where the user has not set them, before mlflow is imported or
-called: capped HTTP retries and timeout (so a dead tracking server is reported in seconds, not
-after MLflow's default minutes of back-off), and no artifact progress bars cluttering stderr.
+called: capped HTTP retries and timeout (MLflow's client retries 7 times with exponential
+back-off, minutes on a dead server; rnnkit reports it in seconds), and no artifact progress bars
+for a few small files burying the command's own output.
 Imports neither mlflow nor torch.
 """
 

@@ -125,11 +125,14 @@ def read_regular(path: Path, limit: int, missing: str) -> bytes:
     except OSError as e:  # ELOOP: a symlink; EISDIR, EACCES, ...
         raise BundleError(f"{path}: cannot be read as a regular file ({e.strerror})") from None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        os.close(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BundleError(f"{path}: not a regular file; a bundle holds regular files only")
-        raise BundleError(f"{path}: {info.st_size} bytes, over the {limit} this file may have")
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "not a regular file; a bundle holds regular files only"
+    elif info.st_size > limit:
+        problem = f"{info.st_size} bytes, over the {limit} this file may have"
+    if problem:
+        os.close(fd)  # (os.fdopen refuses a directory, so the file object comes after the checks)
+        raise BundleError(f"{path}: {problem}")
     with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:

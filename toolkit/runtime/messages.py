@@ -17,13 +17,13 @@ from itertools import chain
 
 import numpy as np
 
+from toolkit.data.encode import FLOAT32_MAX
 from toolkit.data.vocab import Vocabulary
 from toolkit.jsontext import JSONTextError, parse
 
 FIELDS = {"stream", "tokens", "features", "reset", "end"}
 NUMBERS = frozenset((float, int))
 FEATURE_MESSAGE = {"stream", "features"}
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def loads(text: str | bytes):

@@ -273,7 +273,7 @@ class Scheduler:
             self.pool.scatter(slots, state)
         return outputs
 
-    def _finish(self, batch, outputs: list | None, error: str | None) -> None:
+    def _finish(self, batch, outputs: list | None, error: str | None, code: int = 500) -> None:
         for (stream, job), y in zip(batch, outputs or [None] * len(batch), strict=True):
             stream.running = False
             if stream.closed:
@@ -281,7 +281,7 @@ class Scheduler:
                 continue
             if error is None:
                 stream.steps += len(job.chunk)
-            job.outputs, job.error = y, error
+            job.outputs, job.error, job.code = y, error, code
             self._deliver(stream, job)
             self._queue(stream)
         if not self.ready:
@@ -289,11 +289,7 @@ class Scheduler:
 
     def fail_all(self, error: str, code: int = 503) -> None:
         """The loop is gone for good: answer every job still waiting with `error`."""
-        for stream, job in self.batch:
-            if stream.running:
-                stream.running = False
-                job.error, job.code = error, code
-                self._deliver(stream, job)
+        self._finish([(s, j) for s, j in self.batch if s.running], None, error, code)
         for stream in self.ready:
             stream.ready = False
             while stream.pending:

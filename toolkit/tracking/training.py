@@ -22,9 +22,6 @@ from toolkit.config import Config
 from toolkit.mlflow_env import apply_defaults
 from toolkit.train.checkpoint import fingerprint, read_json
 
-# MLflow's HTTP client retries 7 times with exponential backoff (minutes on a dead server): a
-# training run should learn within seconds that its tracking server is gone. Artifact progress
-# bars for a few small files would only bury the command's own output.
 RUN_FILES = ("config.json", "spec.json", "vocab.json", "labels.json", "metrics.json", "model.pt")
 
 

@@ -168,7 +168,7 @@ class _Run:
             raise CheckpointError(f"{path}: cannot read training state ({e})") from None
         if not isinstance(state, dict) or not state.keys() >= STATE_KEYS:
             raise CheckpointError(
-                f"{path}: not an rnnkit training state (expected a dict with {', '.join(STATE_KEYS)})"
+                f"{path}: not an rnnkit training state (expected a dict with {', '.join(sorted(STATE_KEYS))})"
             )
         if state.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
