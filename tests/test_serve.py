@@ -29,6 +29,7 @@ from toolkit.runtime.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "no working CUDA execution provider on this machine"
+PATCHED_MAIN = "\nimport sys\nfrom cli.main import main\nsys.argv = ['rnnkit', *sys.argv[1:]]\nmain()\n"
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,13 @@ def bundles(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def server(bundle, *flags, env=None):
-    """`rnnkit serve` in its own process; yields (process, "127.0.0.1:PORT") once it is ready."""
+def server(bundle, *flags, env=None, patch=None):
+    """`rnnkit serve` in its own process; yields (process, "127.0.0.1:PORT") once it is ready.
+    `patch`: Python code run in that process before the command (to inject a fault)."""
     port = free_port()
+    command = ["-m", "cli.main"] if patch is None else ["-c", patch + PATCHED_MAIN]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", str(bundle), "--port", str(port), "--device", "cpu", *flags],
+        [sys.executable, *command, "serve", str(bundle), "--port", str(port), "--device", "cpu", *flags],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,8 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.test_export import exported_bundles
-from tests.test_mlflow_tracking import free_port
-from tests.test_serve import ROOT, features, http, server
+from tests.test_serve import features, http, server
 from toolkit.runtime.engine import Engine
 from toolkit.runtime.scheduler import Job, Scheduler
 
@@ -159,7 +155,6 @@ def test_a_batch_commits_the_state_of_all_its_streams_or_none(bundles):
 
 # ---- a dead batcher: not ready, chunks answered, exit non-zero -----------------------------------------
 KILLER = """
-import asyncio, sys
 from toolkit.runtime import scheduler
 
 async def dies_on_first_chunk(self):  # as a bug outside every guard would end it
@@ -167,47 +162,20 @@ async def dies_on_first_chunk(self):  # as a bug outside every guard would end i
     raise RuntimeError("injected: the batcher dies")
 
 scheduler.Scheduler.run = dies_on_first_chunk
-from cli.main import main
-sys.argv = ["rnnkit", *sys.argv[1:]]
-main()
 """
 
 
 def test_a_dead_batcher_makes_the_server_unready_and_exit_nonzero(bundles):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLER, "serve", str(bundles["uni"]), "--port", str(port), "--device", "cpu"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=os.environ,
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while http_status(address) != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.2)
+    with server(bundles["uni"], patch=KILLER) as (proc, address):
         with connect(f"ws://{address}/v1/streams") as ws:
             ws.send(json.dumps({"stream": "a", "features": [[1.0, 2.0]]}))
             reply = json.loads(ws.recv(timeout=30))
             print(reply)
             assert reply["code"] == 503 and "batcher stopped" in reply["error"]
         code = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     log = proc.stdout.read()
     print(log[-2000:])
     assert code == 3 and "no longer ready" in log and "injected: the batcher dies" in log
-
-
-def http_status(address) -> int | None:
-    try:
-        return http(address, "/health/ready")[0]
-    except OSError:
-        return None
 
 
 # ---- browsers, hosts and slow clients ---------------------------------------------------------------
@@ -278,40 +246,20 @@ def test_slow_and_silent_clients_are_timed_out_and_connections_capped(bundles):
 
 
 INFER_FAILS = """
-import sys
 from toolkit.runtime import engine
 
 def fails(self, sequences):
     raise RuntimeError("injected: onnxruntime failed")
 
 engine.Engine.infer = fails
-from cli.main import main
-sys.argv = ["rnnkit", *sys.argv[1:]]
-main()
 """
 
 
 def test_a_failed_http_request_is_a_json_500_and_streams_go_on(bundles):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", INFER_FAILS, "serve", str(bundles["uni"]), "--port", str(port), "--device", "cpu"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while http_status(address) != 200:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+    with server(bundles["uni"], patch=INFER_FAILS) as (proc, address):
         status, reply = http(address, "/v1/infer", {"sequences": [[[0.5, 0.5]]]})
         print(status, reply)
         assert status == 500 and "logged by the server" in reply["error"]
         with connect(f"ws://{address}/v1/streams") as ws:
             ws.send(json.dumps({"stream": "a", "features": [[1.0, 2.0]]}))
             assert json.loads(ws.recv(timeout=30))["step"] == 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
