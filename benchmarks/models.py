@@ -13,7 +13,7 @@ def feature_bundle(
     out: Path, bidirectional: bool, hidden: int = 256, layers: int = 2, features: int = 64, task: str = "regress"
 ) -> Path:
     """An LSTM `layers` x `hidden` on `features` inputs: train one epoch, export; returns the bundle dir."""
-    from toolkit.config import Config
+    from toolkit.core.config import Config
     from toolkit.export.exporter import export
     from toolkit.train.loop import train
 

@@ -54,9 +54,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.config import Config
-from toolkit.data.examples import example_path
-from toolkit.data.formats import read_records
+from toolkit.core.config import Config
+from toolkit.core.data.examples import example_path
+from toolkit.core.data.formats import read_records
 from toolkit.export.exporter import export
 from toolkit.export.parity import Case
 from toolkit.train.loop import train

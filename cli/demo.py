@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from toolkit.data.examples import example_path
+from toolkit.core.data.examples import example_path
 
 OUT = "runs/demo"
 REGISTERED = "japanese-vowels"

@@ -7,14 +7,14 @@ import json
 import click
 
 from cli.main import user_errors
-from toolkit.config import DEVICES
+from toolkit.core.config import TRAIN_DEVICES
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--data", required=True, help="Labelled file in a training format (e.g. a held-out test set).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(TRAIN_DEVICES), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @user_errors
 def evaluate(run_dir, data, batch_size, device, as_json):

@@ -41,14 +41,15 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, seed, as_json
     MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
+    from toolkit.core.sampling import Sampling
     from toolkit.runtime.engine import Engine
     from toolkit.runtime.generate import generate as draw
-    from toolkit.runtime.generate import joiner
+    from toolkit.runtime.generate import text_joiner
 
     bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
-    sep = joiner(engine.manifest)
-    tokens = draw(engine, prompt, max_tokens, temperature, top_k, top_p, seed)
+    sep = text_joiner(engine.manifest)
+    tokens = draw(engine, prompt, Sampling(max_tokens, temperature, top_k, top_p, seed))
     if as_json:
         out = list(tokens)
         stop = "max_tokens" if len(out) == max_tokens else "eos"

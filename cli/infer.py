@@ -25,7 +25,7 @@ def infer(model, input_path, output_path, batch_size, device, threads, allow_unv
     """
     from tqdm import tqdm
 
-    from toolkit.atomic import atomic_write_bytes
+    from toolkit.core.atomic import atomic_write_bytes
     from toolkit.runtime.engine import Engine
     from toolkit.runtime.infer import infer_file
 

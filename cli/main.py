@@ -38,7 +38,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from toolkit.errors import RnnkitError
+        from toolkit.core.errors import RnnkitError
 
         try:
             return fn(*args, **kwargs)

@@ -15,7 +15,7 @@ tracking_option = click.option(
 
 
 def _connect(tracking_uri: str | None) -> None:
-    from toolkit.mlflow_env import apply_defaults
+    from toolkit.core.mlflow_env import apply_defaults
 
     apply_defaults()  # a dead server is reported in seconds, not minutes
     if tracking_uri:

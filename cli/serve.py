@@ -60,27 +60,7 @@ def seconds_option(name: str, default: float, what: str):
 @seconds_option("--first-message-timeout", 60.0, "Seconds a new WebSocket has to send its first message.")
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @user_errors
-def serve(
-    model,
-    host,
-    port,
-    device,
-    threads,
-    allow_unverified,
-    max_batch,
-    max_delay_ms,
-    max_streams,
-    idle_timeout,
-    token,
-    max_chunk,
-    max_message_bytes,
-    allow_hosts,
-    allow_origins,
-    max_connections,
-    request_timeout,
-    first_message_timeout,
-    access_log,
-):
+def serve(model, host, port, device, threads, allow_unverified, allow_hosts, allow_origins, access_log, **limits):
     """Serve MODEL: WebSocket streams batched across streams, HTTP full-sequence inference.
 
     \b
@@ -103,21 +83,10 @@ def serve(
     engine = Engine(
         bundle, device=device, threads=threads, allow_unverified=allow_unverified, bind_state=False, spin=False
     )
-    settings = Settings(
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        max_streams=max_streams,
-        idle_timeout=idle_timeout,
-        token=token,
-        max_chunk=max_chunk,
-        max_message_bytes=max_message_bytes,
-        allow_hosts=list(allow_hosts) or default_hosts(host),
-        allow_origins=list(allow_origins),
-        request_timeout=request_timeout,
-        first_message_timeout=first_message_timeout,
-        max_connections=max_connections,
-    )
+    # The other options are Settings fields of the same names (token, limits and timeouts).
+    hosts = list(allow_hosts) or default_hosts(host)
+    settings = Settings(allow_hosts=hosts, allow_origins=list(allow_origins), **limits)
     app = create_app(engine, settings, source=model)
     mode = "streams and full sequences" if engine.step is not None else "full sequences only (bidirectional)"
     click.echo(f"serving {bundle} on {engine.provider}: {mode}; http://{host}:{port}", err=True)
-    serve(app, host, port, max_message_bytes, access_log=access_log)
+    serve(app, host, port, settings.max_message_bytes, access_log=access_log)

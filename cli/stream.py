@@ -33,9 +33,9 @@ def stream(model, device, threads, max_chunk, max_message_bytes, allow_unverifie
     MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
-    from toolkit.export.bundle import BundleError
+    from toolkit.core.bundle import BundleError
     from toolkit.runtime.engine import Engine, InputError
-    from toolkit.runtime.messages import Codec, MessageError, unknown_stream
+    from toolkit.runtime.messages import Codec, MessageError, control_reply, unknown_stream
 
     bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
@@ -66,11 +66,10 @@ def stream(model, device, threads, max_chunk, max_message_bytes, allow_unverifie
         if msg.kind != "chunk" and msg.stream not in streams:  # as `rnnkit serve` answers (404)
             failed += 1
             _send({"line": number, "stream": msg.stream, "error": unknown_stream(msg.stream, msg.kind)})
-        elif msg.kind == "end":
-            _send({"stream": msg.stream, "end": True, "steps": streams.pop(msg.stream).steps})
-        elif msg.kind == "reset":
-            streams[msg.stream].reset()
-            _send({"stream": msg.stream, "reset": True})
+        elif msg.kind in ("reset", "end"):
+            s = streams.pop(msg.stream) if msg.kind == "end" else streams[msg.stream]
+            _send(control_reply(msg.stream, msg.kind, s.steps))
+            s.reset()
         else:
             s = streams.get(msg.stream) or streams.setdefault(msg.stream, engine.stream())
             start = s.steps

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.export.bundle import FORMAT, FORMAT_VERSION, recover, write_bundle
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+from toolkit.core.bundle import FORMAT, FORMAT_VERSION, recover, write_bundle
 
 
 def files(version: str) -> dict[str, bytes]:
@@ -29,7 +28,7 @@ KILLED = """
 import os, shutil, sys, tempfile
 from pathlib import Path
 from tests.test_bundle_replace import files
-from toolkit.export import bundle
+from toolkit.core import bundle
 
 crash_at, mode, out = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 calls = 0

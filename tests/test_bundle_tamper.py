@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_export import exported_bundles
-from toolkit.export.bundle import BundleError
+from tests.helpers import ROOT, exported_bundles
+from toolkit.core.bundle import BundleError
 from toolkit.export.verify import verify
 from toolkit.runtime.engine import Engine
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +122,7 @@ TAMPERINGS = [
         False,
     ),
     ("unknown-field", "uni", setting("extra", 1), "extra: Extra inputs are not permitted", False),
-    ("format-version-2", "uni", setting("format_version", 2), "bundle format version 2", False),
+    ("format-version-2", "uni", setting("format_version", 2), "bundle manifest format version 2", False),
     ("vocab-size", "bi", setting("input.vocab_size", 5), "vocab has", False),
     ("labels-missing", "bi", edit(lambda m: {**m, "output": {"name": "logits", "per_step": True}}), "labels", False),
     ("input-renamed", "bi", setting("input.name", "features"), "input", False),

@@ -22,8 +22,8 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,7 +33,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import helpers
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 WORKERS = max(2, min(4, os.cpu_count() or 2))
 CUDA = torch.cuda.is_available()
@@ -42,15 +43,7 @@ TINY = ["--hidden-size", "8", "--embedding-dim", "8", "--epochs", "1", "--device
 
 
 def rnnkit(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `rnnkit ARGS...` (as `python -m cli.main`, so no installed script is needed)."""
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return helpers.rnnkit(*args, timeout=timeout, env=ENV)
 
 
 def rnnkit_many(argvs: list[list], timeout: float = 120) -> list[subprocess.CompletedProcess]:
@@ -60,14 +53,7 @@ def rnnkit_many(argvs: list[list], timeout: float = 120) -> list[subprocess.Comp
 
 
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *map(str, args)],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return helpers.start(*args, env=ENV)
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -182,14 +168,17 @@ class Case:
     usage: bool = False  # a click usage error ("Usage: ... Error: ...") rather than "error: ..."
     log_before: bool = False  # training's log lines may precede the error line
     marks: tuple = field(default_factory=tuple)
+    # A few cases run as real processes end to end; the others run the same click command in
+    # this process (the readers' errors are what they test, not a new interpreter's imports).
+    process: bool = False
 
 
-def train_case(id, task, files, data="d.jsonl", where=None, words=(), val=None) -> Case:
+def train_case(id, task, files, data="d.jsonl", where=None, words=(), val=None, process=False) -> Case:
     def argv(d: Path) -> list:
         extra = ["--val", d / val] if val else []
         return ["train", "--task", task, "--data", d / data, *extra, "--out", d / "run", *TINY]
 
-    return Case(id, files, argv, where, tuple(words))
+    return Case(id, files, argv, where, tuple(words), process=process)
 
 
 BAD_DATA = [
@@ -199,6 +188,7 @@ BAD_DATA = [
         {"d.jsonl": jsonl(TOK1, TOK2, '{"tokens": ["a", "b"], "label": "pos"')},
         where="d.jsonl:3:",
         words=["malformed JSON", "one JSON object"],
+        process=True,
     ),
     train_case(
         "jsonl-missing-label",
@@ -298,6 +288,7 @@ BAD_DATA = [
         data="nope.jsonl",
         where="nope.jsonl: ",
         words=["no such file or directory"],
+        process=True,
     ),
     train_case(
         "text-not-utf8",
@@ -306,6 +297,7 @@ BAD_DATA = [
         data="d.txt",
         where="d.txt:3:",
         words=["not valid UTF-8", "0xff", "save the file as UTF-8"],
+        process=True,
     ),
     train_case(
         "val-file-unknown-label",
@@ -354,8 +346,29 @@ def run_cases(cases: list[Case], base: Path) -> dict[str, tuple[subprocess.Compl
         for name, content in case.files.items():
             write(d / name, content(d) if callable(content) else content)
         dirs.append(d)
-    results = rnnkit_many([case.argv(d) for case, d in zip(cases, dirs, strict=True)])
+    argvs = [case.argv(d) for case, d in zip(cases, dirs, strict=True)]
+    spawned = iter(rnnkit_many([argv for case, argv in zip(cases, argvs, strict=True) if case.process]))
+    results = [next(spawned) if case.process else in_process(argv) for case, argv in zip(cases, argvs, strict=True)]
     return {case.id: (proc, d) for case, proc, d in zip(cases, results, dirs, strict=True)}
+
+
+def in_process(argv: list) -> subprocess.CompletedProcess:
+    """`rnnkit ARGV` run by click's CliRunner in this process, as a CompletedProcess (an exception
+    that escapes the command shows as its traceback on stderr). The environment is restored after."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    saved = dict(os.environ)
+    try:
+        result = CliRunner().invoke(cli, [str(a) for a in argv], prog_name="rnnkit")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +393,9 @@ def test_train_rejects_bad_data(bad_data_results, case):
 GOOD = {"d.jsonl": jsonl(*classify_lines(12))}
 
 
-def config_case(id, yaml_text=None, flags=(), words=(), files=None, usage=False, bare=False, log=False, marks=()):
+def config_case(
+    id, yaml_text=None, flags=(), words=(), files=None, usage=False, bare=False, log=False, marks=(), process=False
+):
     """`rnnkit train` with TINY flags, --task classify and --data d.jsonl unless `flags` give them;
     `bare`: only `train FLAGS` (for --resume, which takes no other flag but --epochs).
     "{d}" in a flag is the case's directory."""
@@ -401,12 +416,12 @@ def config_case(id, yaml_text=None, flags=(), words=(), files=None, usage=False,
             args += ["--data", d / "d.jsonl"]
         return args + flag_list
 
-    return Case(id, files, argv, None, tuple(words), usage, log, tuple(marks))
+    return Case(id, files, argv, None, tuple(words), usage, log, tuple(marks), process)
 
 
 def partial_run_config(d: Path) -> str:
     """config.json of a run stopped during its first epoch: written, but no state.pt yet."""
-    from toolkit.config import Config
+    from toolkit.core.config import Config
 
     config = Config(task="classify")
     config.data.data = str(d / "d.jsonl")
@@ -420,6 +435,7 @@ BAD_CONFIG = [
         "yaml-unknown-key",
         "task: classify\nmodel: {cell: lstm, hiden_size: 8}\n",
         words=["cfg.yaml", "unknown key(s) hiden_size", "accepted: cell, nonlinearity, hidden_size"],
+        process=True,
     ),
     config_case(
         "yaml-cell-transformer",
@@ -436,6 +452,7 @@ BAD_CONFIG = [
         flags=["--cell", "transformer"],
         words=["Invalid value for '--cell'", "'transformer'", "lstm"],
         usage=True,
+        process=True,
     ),
     config_case(
         "lm-bidirectional",
@@ -742,8 +759,8 @@ def test_ctrl_c_in_the_first_epoch_does_not_promise_a_resume(tmp_path):
 
 @pytest.mark.slow
 def test_japanese_vowels_train_and_evaluate(tmp_path):
-    from toolkit.data import example_path
-    from toolkit.errors import DataError
+    from toolkit.core.data import example_path
+    from toolkit.core.errors import DataError
 
     try:
         train, test = example_path("JapaneseVowels_TRAIN.ts"), example_path("JapaneseVowels_TEST.ts")

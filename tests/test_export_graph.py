@@ -13,7 +13,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,9 +20,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from toolkit.config import ModelConfig
-from toolkit.data.types import InputSpec, OutputSpec
-from toolkit.data.vocab import Vocabulary
+from tests.helpers import ROOT
+from toolkit.core.config import ModelConfig
+from toolkit.core.data.types import InputSpec, OutputSpec
+from toolkit.core.data.vocab import Vocabulary
 from toolkit.export.graph import (
     ExportGraphError,
     StepGraphError,
@@ -33,7 +33,6 @@ from toolkit.export.graph import (
 )
 from toolkit.models.model import SequenceModel
 
-ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 VOCAB = Vocabulary.build([list("abcdefghij")])  # 14 tokens, specials included
 NUM_FEATURES = 3

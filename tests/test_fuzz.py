@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from benchmarks.fuzz_serve import WIDTH, failures, fuzz
 from benchmarks.models import feature_bundle
-from toolkit.export.bundle import BundleError, read_manifest
+from toolkit.core.bundle import BundleError, read_manifest
 from toolkit.runtime.engine import Engine
 from toolkit.runtime.messages import Codec, MessageError
 

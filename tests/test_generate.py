@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from tests.test_cli_stream import heavy_modules_after
-from tests.test_export import rnnkit, trained_run
+from tests.helpers import heavy_modules_after, rnnkit, trained_run
+from toolkit.core.sampling import Sampling
 from toolkit.export.exporter import export
 from toolkit.models.generate import generate as torch_generate
 from toolkit.runtime.engine import Engine
-from toolkit.runtime.generate import GenerateError, generate, joiner
+from toolkit.runtime.generate import GenerateError, generate, text_joiner
 from toolkit.train.checkpoint import load_model
 
 
@@ -37,9 +37,10 @@ SETTINGS = [
 def test_runtime_draws_the_same_text_as_torch(lm, settings, prompt):
     run, bundle = lm
     model, config, input_spec, _ = load_model(run)
-    want = torch_generate(model, input_spec.vocab, config.data.level, prompt=prompt, max_tokens=60, **settings)
+    sampling = Sampling(max_tokens=60, **settings)
+    want = torch_generate(model, input_spec.vocab, config.data.level, prompt=prompt, sampling=sampling)
     engine = Engine(bundle, device="cpu")
-    got = joiner(engine.manifest).join(generate(engine, prompt, max_tokens=60, **settings))
+    got = text_joiner(engine.manifest).join(generate(engine, prompt, sampling))
     print(f"{settings} prompt {prompt!r}: {got!r}")
     assert got == want
     assert len(got) > 0
@@ -55,7 +56,7 @@ def test_generate_command(lm):
     result = json.loads(as_json.stdout)
     print(result)
     engine = Engine(bundle, device="cpu")
-    expected = "".join(generate(engine, "we ", max_tokens=40, temperature=0.7, seed=5))
+    expected = "".join(generate(engine, "we ", Sampling(max_tokens=40, temperature=0.7, seed=5)))
     assert text.stdout == expected + "\n" and result["text"] == expected
     assert 0 < result["tokens"] <= 40 and result["stop"] in ("eos", "max_tokens")
     assert "<pad>" not in expected and "<bos>" not in expected
@@ -72,4 +73,4 @@ def test_generation_misuse_is_a_clear_error(lm, tmp_path):
     print(refused.stderr)
     assert refused.returncode == 2 and "needs a language model (task lm)" in refused.stderr
     with pytest.raises(GenerateError, match="temperature"):
-        next(generate(Engine(bundle, device="cpu"), temperature=-1))
+        next(generate(Engine(bundle, device="cpu"), sampling=Sampling(temperature=-1)))

@@ -1,4 +1,4 @@
-"""Task metrics (toolkit.train.metrics): hand-worked examples, conlleval edge cases, cross-checks."""
+"""Task metrics (toolkit.core.metrics): hand-worked examples, conlleval edge cases, cross-checks."""
 
 from __future__ import annotations
 
@@ -11,19 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.train import metrics as M
-from toolkit.train.metrics import (
+from toolkit.core import metrics as M
+from toolkit.core.metrics import (
     ClassifyMetrics,
     LMMetrics,
     RegressMetrics,
     TagMetrics,
     better,
     bio_spans,
-    default_monitor,
     is_bio,
     metric_mode,
-    metrics_for,
 )
+from toolkit.core.tasks import default_monitor, metrics_for
 
 
 def all_python_floats(result: dict) -> bool:

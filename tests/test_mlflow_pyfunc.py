@@ -24,15 +24,14 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tests.test_export import exported_bundles
-from toolkit.data.vocab import Vocabulary
-from toolkit.export.bundle import BundleError
+from tests.helpers import ROOT, exported_bundles
+from toolkit.core.bundle import BundleError
+from toolkit.core.data.vocab import Vocabulary
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.infer import result
 from toolkit.runtime.source import bundle_dir_of
 from toolkit.tracking.pyfunc import BundleModel, log_bundle, predict_frame
 
-ROOT = Path(__file__).resolve().parents[1]
 STRAY = ("mlruns", "mlartifacts", "mlflow.db")  # what MLflow's defaults would write to the working tree
 
 

@@ -10,10 +10,7 @@ import os
 
 import pytest
 
-from tests.test_cli_stream import heavy_modules_after
-from tests.test_export import rnnkit
-from tests.test_mlflow_tracking import TINY
-from tests.test_train import toy_data
+from tests.helpers import TINY, heavy_modules_after, rnnkit, toy_data
 
 MESSAGE = json.dumps({"stream": "s", "tokens": ["a", "b", "c", "a"]}) + "\n"
 

@@ -14,16 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_export import ROOT, rnnkit
-from tests.test_train import toy_data
-
-TINY = ["--hidden-size", "8", "--embedding-dim", "8", "--epochs", "2", "--device", "cpu", "--no-progress"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import TINY, free_port, rnnkit, start, toy_data
 
 
 def train(tmp_path: Path, uri: str, *extra) -> subprocess.CompletedProcess:
@@ -142,13 +133,7 @@ def test_tracking_server_dies_mid_run_training_finishes_and_keeps_everything(tmp
     server, url = mlflow_server
     data = toy_data(tmp_path, "classify")["data"]
     args = ["train", "--task", "classify", "--data", data, "--out", tmp_path / "run", *TINY, "--epochs", "6"]
-    train = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *map(str, args), "--json", "--tracking-uri", url],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    train = start(*args, "--json", "--tracking-uri", url)
     lines = []
     for line in train.stderr:  # the run has started on the server: now the server dies
         lines.append(line)

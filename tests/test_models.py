@@ -9,33 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.config import ModelConfig
-from toolkit.data.types import InputSpec, OutputSpec
-from toolkit.data.vocab import Vocabulary
-from toolkit.models.model import SequenceModel
-from toolkit.models.sampling import sample_next
-
-VOCAB = Vocabulary.build([list("abcdefghij")])
-CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
-
-
-def make_model(task, cell="lstm", nonlinearity="tanh", bidirectional=False, tokens=True, per_step=False, **kw):
-    cfg = ModelConfig(
-        cell=cell, nonlinearity=nonlinearity, hidden_size=8, num_layers=2, bidirectional=bidirectional, **kw
-    )
-    inp = (
-        InputSpec("tokens", vocab=VOCAB)
-        if tokens
-        else InputSpec("features", num_features=3, mean=[0.5] * 3, std=[2.0] * 3)
-    )
-    if task == "regress":
-        out = OutputSpec("regress", num_targets=2, per_step=per_step, target_mean=[1.0, -1.0], target_std=[3.0, 0.5])
-    elif task == "lm":
-        out = OutputSpec("lm")
-    else:
-        out = OutputSpec(task, labels=["A", "B", "C"])
-    torch.manual_seed(0)
-    return SequenceModel(cfg, inp, out).double().eval()
+from tests.helpers import CELLS, VOCAB, make_model
+from toolkit.core.sampling import sample_next
 
 
 def random_inputs(tokens, lengths, seed=0):

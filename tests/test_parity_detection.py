@@ -18,11 +18,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from tests.test_export import trained_run
-from tests.test_train import write_jsonl
-from toolkit.config import Config
+from tests.helpers import trained_run, write_jsonl
+from toolkit.core.bundle import MANIFEST, sha256
+from toolkit.core.config import Config
 from toolkit.export import parity
-from toolkit.export.bundle import MANIFEST, sha256
 from toolkit.export.exporter import certify, export
 from toolkit.export.graph import build_full_graph, build_step_graph
 from toolkit.export.verify import verify

@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.test_export import exported_bundles
-from toolkit.export.bundle import BundleError
+from tests.helpers import ROOT, cuda_works, exported_bundles
+from toolkit.core.bundle import BundleError
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.providers import DeviceError, make_session
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_runtime_imports_neither_torch_nor_mlflow():
@@ -177,26 +174,7 @@ def test_state_held_in_ortvalues_with_iobinding_gives_the_same_outputs(bundles):
     assert worst <= 1e-6 and b.steps == 17
 
 
-def _cuda_works() -> bool:
-    try:
-        return make_session(_tiny_graph(), "auto").get_providers()[0] == "CUDAExecutionProvider"
-    except Exception:
-        return False
-
-
-def _tiny_graph() -> bytes:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "tiny", [x], [y])
-    opsets = [helper.make_opsetid("", 17)]
-    return helper.make_model(
-        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
-    ).SerializeToString()
-
-
-@pytest.mark.skipif(not _cuda_works(), reason="no working CUDA execution provider on this machine")
+@pytest.mark.skipif(not cuda_works(), reason="no working CUDA execution provider on this machine")
 def test_cuda_stream_keeps_state_on_the_device_and_matches_cpu(bundles):
     cpu, gpu = Engine(bundles["uni-regress"], device="cpu"), Engine(bundles["uni-regress"], device="cuda")
     assert gpu.bind_state and gpu.provider == "CUDAExecutionProvider"

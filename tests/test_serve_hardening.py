@@ -14,8 +14,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.test_export import exported_bundles
-from tests.test_serve import features, http, server
+from tests.helpers import exported_bundles
+from tests.serving import features, http, server
 from toolkit.runtime.engine import Engine
 from toolkit.runtime.scheduler import Job, Scheduler
 

@@ -5,80 +5,14 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from toolkit.config import Config
-from toolkit.errors import CheckpointError, ConfigError
+from tests.helpers import CELLS, TASKS, make_config
+from toolkit.core.config import Config
+from toolkit.core.errors import CheckpointError, ConfigError
 from toolkit.train.checkpoint import load_model
 from toolkit.train.loop import train
-
-CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-def toy_data(tmp_path, task: str, n: int = 96, seed: int = 0) -> dict:
-    """Small learnable data sets; returns DataConfig fields."""
-    rng = np.random.default_rng(seed)
-    letters = list("abcdef")
-    if task == "classify":  # label = the most frequent of a/b/c among the tokens
-        rows = []
-        for _ in range(n):
-            toks = list(rng.choice(letters, size=rng.integers(3, 12)))
-            counts = {k: toks.count(k) for k in "abc"}
-            rows.append({"tokens": toks, "label": max(counts, key=counts.get)})
-        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
-    if task == "tag":  # BIO chunks of vowels
-        rows = []
-        for _ in range(n):
-            toks = list(rng.choice(letters, size=rng.integers(3, 12)))
-            tags, prev = [], False
-            for t in toks:
-                vowel = t in "ae"
-                tags.append(("I-V" if prev else "B-V") if vowel else "O")
-                prev = vowel
-            rows.append({"tokens": toks, "tags": tags})
-        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
-    if task == "lm":
-        text = "".join(rng.choice(["the cat sat. ", "a dog ran. ", "we go home. "]) for _ in range(300))
-        (tmp_path / "train.txt").write_text(text, encoding="utf-8")
-        return {"data": str(tmp_path / "train.txt")}
-    if task == "regress":  # target = mean of feature 0 over the sequence
-        rows = []
-        for _ in range(n):
-            x = rng.normal(size=(int(rng.integers(3, 12)), 2))
-            rows.append({"features": x.round(4).tolist(), "target": float(x[:, 0].mean())})
-        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
-    if task == "regress-step":  # target = running sum of feature 0
-        rows = []
-        for _ in range(n):
-            x = rng.normal(size=(int(rng.integers(3, 12)), 2))
-            rows.append({"features": x.round(4).tolist(), "target": np.cumsum(x[:, :1], axis=0).tolist()})
-        return {"data": write_jsonl(tmp_path / "train.jsonl", rows)}
-    raise ValueError(task)
-
-
-def make_config(tmp_path, task, cell="lstm", nonlinearity="tanh", bidirectional=False, **train_kw) -> Config:
-    data = toy_data(tmp_path, task)
-    cfg = Config(task="regress" if task.startswith("regress") else task)
-    cfg.data.data = data["data"]
-    cfg.data.val_fraction = 0.2
-    cfg.model.cell, cfg.model.nonlinearity, cfg.model.bidirectional = cell, nonlinearity, bidirectional
-    cfg.model.hidden_size, cfg.model.num_layers, cfg.model.embedding_dim = 24, 2, 16
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.bptt = 6, 16, 0.02, 32
-    cfg.train.device = "cpu"
-    cfg.train.out = str(tmp_path / "run")
-    for k, v in train_kw.items():
-        setattr(cfg.train, k, v)
-    return cfg
-
-
-TASKS = ["classify", "tag", "lm", "regress", "regress-step"]
 
 
 @pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
@@ -210,9 +144,9 @@ def test_lm_reports_perplexity_and_bpc_and_samples(tmp_path):
 
 def test_truncated_bptt_carries_state_between_windows(tmp_path):
     """Evaluating a stream in short windows (state carried) equals evaluating it in one window."""
-    from toolkit.data import load_data, stream_windows
+    from toolkit.core.data import load_data, stream_windows
+    from toolkit.core.tasks import metrics_for
     from toolkit.train.loop import run_pass
-    from toolkit.train.metrics import metrics_for
 
     cfg = make_config(tmp_path, "lm", epochs=3)
     prepared = load_data(cfg)
@@ -240,8 +174,8 @@ def test_truncated_bptt_carries_state_between_windows(tmp_path):
 
 def test_forecasting_a_real_csv_series(tmp_path):
     """Airline passengers (monthly, 1949-1960; ships in the aeon wheel): truncated BPTT on a CSV series."""
-    from toolkit.data import example_path
-    from toolkit.errors import DataError
+    from toolkit.core.data import example_path
+    from toolkit.core.errors import DataError
 
     try:
         airline = example_path("Airline.csv")

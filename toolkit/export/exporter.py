@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +11,11 @@ import numpy as np
 import onnx
 import torch
 
-from toolkit.atomic import atomic_write_bytes
+from toolkit.core import tasks
+from toolkit.core.atomic import atomic_write_bytes
+from toolkit.core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
+from toolkit.core.versions import installed
 from toolkit.export import parity
-from toolkit.export.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
 from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
 from toolkit.train.checkpoint import load_model
 
@@ -134,7 +135,7 @@ def _providers() -> list[str]:
 
 
 def _read_sample(path, config, input_spec, output_spec):
-    from toolkit.data import SequenceDataset, load_file, pad_batch
+    from toolkit.core.data import SequenceDataset, load_file, pad_batch
 
     data = load_file(path, config, input_spec, output_spec, require_target=False)
     if not isinstance(data, SequenceDataset):
@@ -143,11 +144,12 @@ def _read_sample(path, config, input_spec, output_spec):
     return batch.inputs, batch.lengths
 
 
-def reader_spec(config) -> dict:
+def reader_spec(config, input_spec) -> dict:
     """How the training data was read, so that inference reads its files the same way (a csv
-    series: which columns are targets and how far ahead)."""
+    series: its feature columns by name, which are targets and how far ahead)."""
     d = config.data
-    return {"level": d.level, "lowercase": d.lowercase, "target_columns": d.target_columns, "horizon": d.horizon}
+    spec = {"level": d.level, "lowercase": d.lowercase, "target_columns": d.target_columns, "horizon": d.horizon}
+    return {**spec, "columns": input_spec.columns} if input_spec.columns is not None else spec
 
 
 def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir) -> dict:
@@ -163,9 +165,8 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
     else:
         inp = {"kind": "features", "name": "features", "num_features": input_spec.num_features}
         inp.update(mean=input_spec.mean, std=input_spec.std, note="raw values; the graph normalises them")
-    out = {k: v for k, v in output_spec.to_dict().items() if k not in ("task", "per_step")}
-    out.update(name="values" if config.task == "regress" else "logits")
-    out.update(per_step=output_spec.task in ("tag", "lm") or output_spec.per_step)
+    out = {k: v for k, v in output_spec.to_dict().items() if k != "task"}
+    out.update(name=tasks.of(config.task).output_name)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -182,7 +183,7 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
         },
         "input": inp,
         "output": out,
-        "reader": reader_spec(config),
+        "reader": reader_spec(config, input_spec),
         "state": None if cfg.bidirectional else state_spec(cfg),
         "precision": "fp32",
         "opset": opset,
@@ -197,7 +198,7 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
             for name, g in graphs.items()
         },
         "producer": {
-            "rnnkit": _version("rnnkit"),
+            "rnnkit": installed("rnnkit") or "unknown",
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": parity.ort.__version__,
@@ -205,10 +206,3 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
         "parity": report.summary(),
         "source": {"run_dir": str(Path(run_dir).resolve())},
     }
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

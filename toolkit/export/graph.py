@@ -50,10 +50,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from toolkit.config import ModelConfig
-from toolkit.data.types import InputSpec, OutputSpec
-from toolkit.errors import RnnkitError
-from toolkit.models.reference import GATES, gru_to_onnx, lstm_to_onnx, rnn_to_onnx
+from toolkit.core import tasks
+from toolkit.core.config import ModelConfig
+from toolkit.core.data.types import InputSpec, OutputSpec
+from toolkit.core.errors import RnnkitError
+from toolkit.export.layout import GATES, gru_to_onnx, lstm_to_onnx, rnn_to_onnx
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -71,7 +72,6 @@ MIN_OPSET = 14
 
 _TO_ONNX = {"rnn": rnn_to_onnx, "lstm": lstm_to_onnx, "gru": gru_to_onnx}
 _OP_TYPE = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-_TASKS = ("classify", "tag", "lm", "regress")
 
 
 class ExportGraphError(RnnkitError, ValueError):
@@ -205,8 +205,13 @@ class _Plan:
         return 2 if self.cfg.bidirectional else 1
 
     @property
+    def values(self) -> bool:
+        """Regression: raw-unit values out (the target scale folded into the head)."""
+        return tasks.of(self.task).predicts == "values"
+
+    @property
     def output_name(self) -> str:
-        return "values" if self.task == "regress" else "logits"
+        return tasks.of(self.task).output_name
 
     @property
     def describe(self) -> str:
@@ -222,14 +227,14 @@ class _Plan:
 
     @property
     def output_doc(self) -> str:
-        what = "raw-unit regression values" if self.task == "regress" else f"{self.task} logits"
+        what = "raw-unit regression values" if self.values else f"{self.task} logits"
         return f"{what}, {'one row per step' if self.per_step else 'one row per sequence'}"
 
     @property
     def step_doc(self) -> str:
         if self.per_step:
             return self.output_doc
-        what = "regression values" if self.task == "regress" else "class logits"
+        what = "regression values" if self.values else "class logits"
         return f"{what} for the sequence ending at each step of the chunk"
 
     @classmethod
@@ -239,13 +244,13 @@ class _Plan:
             raise ExportGraphError(f"opset must be an integer in {MIN_OPSET}..{max_opset}, got {opset!r}")
         cfg.validate()
         task = output_spec.task
-        if task not in _TASKS:
-            raise ExportGraphError(f"output_spec.task must be one of {', '.join(_TASKS)}; got {task!r}")
+        if task not in tasks.TASKS:
+            raise ExportGraphError(f"output_spec.task must be one of {', '.join(tasks.TASKS)}; got {task!r}")
         if input_spec.kind not in ("tokens", "features"):
             raise ExportGraphError(f"input_spec.kind must be 'tokens' or 'features'; got {input_spec.kind!r}")
         tokens = input_spec.kind == "tokens"
-        if task == "lm" and not tokens:
-            raise ExportGraphError("an lm model reads tokens, but input_spec.kind is 'features'")
+        if tasks.of(task).predicts == "tokens" and not tokens:
+            raise ExportGraphError(f"an {task} model reads tokens, but input_spec.kind is 'features'")
 
         plan_words = f"{task}, {input_spec.kind}, {cfg.cell} x{cfg.num_layers}"
         plan_words += ", bidirectional" if cfg.bidirectional else ""
@@ -308,10 +313,10 @@ class _Plan:
         head_size = int(head.shape[0])
         expect("head.weight", (head_size, cfg.output_size))
         expect("head.bias", (head_size,))
-        if task == "regress":
+        if tasks.of(task).predicts == "values":
             expect("target_mean", (head_size,))
             expect("target_std", (head_size,))
-        per_step = task in ("tag", "lm") or (task == "regress" and bool(output_spec.per_step))
+        per_step = tasks.of(task).outputs_per_step(bool(output_spec.per_step))
         return cls(cfg, task, tokens, per_step, num_features, head_size, opset)
 
 
@@ -481,7 +486,7 @@ def _head(g: _GraphBuilder, plan: _Plan, weights, x: str) -> str:
     """Linear head on the last axis, then raw units for regression. Output named for the bundle."""
     w = np.asarray(weights["head.weight"], dtype=np.float64).T
     b = np.asarray(weights["head.bias"], dtype=np.float64)
-    if plan.task == "regress":  # (x W + b) * std + mean, folded into W and b in float64
+    if plan.values:  # (x W + b) * std + mean, folded into W and b in float64
         std = np.asarray(weights["target_std"], dtype=np.float64)
         w, b = w * std, b * std + np.asarray(weights["target_mean"], dtype=np.float64)
     y = g.one("MatMul", [x, g.const("head.weight_t", w)], "head.matmul")

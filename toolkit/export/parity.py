@@ -38,6 +38,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from toolkit.core.data.batching import pad
+from toolkit.runtime.providers import make_session
+
 LONG = 512
 STREAM = 1000
 FP32_EPS = 2.0**-23  # float32 machine epsilon (one unit in the last place at 1.0)
@@ -262,15 +265,6 @@ def run_full(session: ort.InferenceSession, x: np.ndarray, lengths: np.ndarray) 
     return session.run(None, {session.get_inputs()[0].name: x, "lengths": lengths})[0]
 
 
-def pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    shape = (len(sequences), int(lengths.max()), *sequences[0].shape[1:])
-    out = np.zeros(shape, dtype=sequences[0].dtype)
-    for i, s in enumerate(sequences):
-        out[i, : len(s)] = s
-    return out, lengths
-
-
 def real_positions(y: np.ndarray, lengths: np.ndarray, per_step: bool) -> np.ndarray:
     """Concatenate the real steps of each sequence (per-step outputs) or return y as is."""
     if not per_step:
@@ -279,18 +273,11 @@ def real_positions(y: np.ndarray, lengths: np.ndarray, per_step: bool) -> np.nda
 
 
 def session(path_or_bytes, provider: str, threads: int | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    providers = ["CPUExecutionProvider"]
-    if provider == "CUDAExecutionProvider":
-        # TF32 off: with it an fp32 LSTM drifts 3e-5 from float64 (FIELD-NOTES), which is
-        # TF32's precision, not float32's, and the noise runs (float32 on the CPU) do not have it.
-        providers = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
-    s = ort.InferenceSession(path_or_bytes, options, providers=providers)
-    if s.get_providers()[0] != provider:
-        raise RuntimeError(f"{provider} was asked for but the session runs on {s.get_providers()[0]}")
-    return s
+    """A session on exactly `provider` (CPUExecutionProvider or CUDAExecutionProvider), TF32 off:
+    with it an fp32 LSTM drifts 3e-5 from float64 (FIELD-NOTES), which is TF32's precision, not
+    float32's, and the noise runs (float32 on the CPU) do not have it."""
+    device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+    return make_session(path_or_bytes, device, threads, tf32=False)
 
 
 def full_cases(

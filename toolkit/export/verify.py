@@ -12,10 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from toolkit.core.bundle import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    PARITY,
+    BundleError,
+    read_graph,
+    read_manifest,
+    read_regular,
+)
+from toolkit.core.jsontext import JSONTextError, parse
 from toolkit.export import parity
-from toolkit.export.bundle import MAX_MANIFEST_BYTES, PARITY, BundleError, check_graphs, read_manifest, read_regular
-from toolkit.jsontext import JSONTextError, parse
 from toolkit.runtime.engine import Engine
 
 
@@ -70,3 +79,20 @@ def check_certificate(bundle: Path, manifest: dict) -> None:
             f"{path}: says passed={summary.get('passed')!r} over {summary.get('cases')!r} cases, the manifest "
             f"passed={stated['passed']!r} over {stated['cases']} cases; one of them was changed after export"
         )
+
+
+def check_graphs(bundle: str | Path, manifest: dict) -> dict[str, bytes]:
+    """Every graph the manifest lists: present, sha256 as recorded, valid for the onnx checker.
+    Returns name -> bytes."""
+    graphs = {}
+    for name, info in manifest["graphs"].items():
+        data = read_graph(bundle, name, info)
+        path = Path(bundle) / name
+        try:
+            onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
+        except Exception as e:  # DecodeError, ValidationError, ...: all mean "not a valid graph"
+            raise BundleError(f"{path}: not a valid ONNX model ({type(e).__name__}: {e})") from None
+        graphs[name] = data
+    if "model.onnx" not in graphs:
+        raise BundleError(f"{Path(bundle) / MANIFEST}: lists no model.onnx")
+    return graphs

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from toolkit.data.vocab import Vocabulary
+from toolkit.core.data.vocab import Vocabulary
+from toolkit.core.sampling import DEFAULT_SAMPLING, Sampling, draw, joiner, prompt_ids
 from toolkit.models.model import SequenceModel
-from toolkit.models.sampling import draw, prompt_ids
 
 
 @torch.no_grad()
@@ -18,14 +18,10 @@ def generate(
     level: str = "char",
     lowercase: bool = False,
     prompt: str = "",
-    max_tokens: int = 200,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
+    sampling: Sampling = DEFAULT_SAMPLING,
 ) -> str:
     """Prime the state with the prompt (or <eos>, the boundary a new text follows in training),
-    then draw up to `max_tokens` tokens, stopping early at <eos>. Returns the generated text."""
+    then draw up to `sampling.max_tokens` tokens, stopping early at <eos>. Returns the text."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -37,6 +33,6 @@ def generate(
         return logits[0, -1].float().cpu().numpy()
 
     ids = prompt_ids(vocab, prompt, level, lowercase)
-    out = [vocab.tokens[i] for i in draw(step, ids, max_tokens, temperature, top_k, top_p, seed)]
+    out = [vocab.tokens[i] for i in draw(step, ids, sampling)]
     model.train(was_training)
-    return ("" if level == "char" else " ").join(out)
+    return joiner(level).join(out)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolkit.config import ModelConfig
-from toolkit.data.types import InputSpec, OutputSpec
-from toolkit.data.vocab import PAD_ID
+from toolkit.core import tasks
+from toolkit.core.config import ModelConfig
+from toolkit.core.data.types import InputSpec, OutputSpec
+from toolkit.core.data.vocab import PAD_ID
 from toolkit.models.encoder import RecurrentEncoder, State
 
 
@@ -36,9 +37,11 @@ class SequenceModel(nn.Module):
             self.register_buffer("feature_mean", _vector(input_spec.mean, input_size, 0.0))
             self.register_buffer("feature_std", _vector(input_spec.std, input_size, 1.0))
         self.encoder = RecurrentEncoder(input_size, cfg)
-        self.per_step = self.task in ("tag", "lm") or (self.task == "regress" and output_spec.per_step)
-        self.head = nn.Linear(self.encoder.output_size, _head_size(input_spec, output_spec))
-        if self.task == "regress":
+        self.per_step = output_spec.per_step
+        self.values = tasks.of(self.task).predicts == "values"  # regression: raw units out
+        head_size = tasks.of(self.task).head_size(output_spec.labels, input_spec.size, output_spec.num_targets)
+        self.head = nn.Linear(self.encoder.output_size, head_size)
+        if self.values:
             d = int(output_spec.num_targets)
             self.register_buffer("target_mean", _vector(output_spec.target_mean, d, 0.0))
             self.register_buffer("target_std", _vector(output_spec.target_std, d, 1.0))
@@ -50,21 +53,13 @@ class SequenceModel(nn.Module):
         x = self.embedding(inputs) if self.tokens else (inputs - self.feature_mean) / self.feature_std
         outputs, pooled, new_state = self.encoder(x, lengths, state)
         y = self.head(outputs if self.per_step else pooled)
-        if self.task == "regress":
+        if self.values:
             y = y * self.target_std + self.target_mean
         return y, new_state
 
     def normalised(self, values: torch.Tensor) -> torch.Tensor:
         """Regression values (predictions or targets) on the scale the loss is computed on."""
         return (values - self.target_mean) / self.target_std
-
-
-def _head_size(input_spec: InputSpec, output_spec: OutputSpec) -> int:
-    if output_spec.task == "lm":
-        return input_spec.size
-    if output_spec.task == "regress":
-        return int(output_spec.num_targets)
-    return len(output_spec.labels)
 
 
 def _vector(values: list[float] | None, size: int, default: float) -> torch.Tensor:

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.errors import RnnkitError
-from toolkit.export.bundle import BundleError, read_graph, read_manifest
+from toolkit.core.bundle import BundleError, read_graph, read_manifest
+from toolkit.core.data.batching import pad
+from toolkit.core.errors import RnnkitError, first_line
 from toolkit.runtime.providers import DeviceError, make_session
 
 DEVICE_TYPE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -81,8 +82,7 @@ class Engine:
         except DeviceError:
             raise
         except Exception as e:  # InvalidProtobuf, InvalidGraph, Fail: the bytes are not a model it runs
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            why = f"{type(e).__name__}: {first}"
+            why = f"{type(e).__name__}: {first_line(e)}"
             raise BundleError(f"{self.path / name}: ONNX Runtime cannot load it ({why})") from None
 
     def _check_state(self) -> None:
@@ -147,10 +147,7 @@ class Engine:
         results: list[np.ndarray | None] = [None] * len(sequences)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            lengths = np.array([len(sequences[i]) for i in index], dtype=np.int64)
-            batch = np.zeros((len(index), int(lengths.max()), *sequences[index[0]].shape[1:]), dtype=self.dtype)
-            for row, i in enumerate(index):
-                batch[row, : lengths[row]] = sequences[i]
+            batch, lengths = pad([sequences[i] for i in index], dtype=self.dtype)
             y = self.full.run(None, {self.input_name: batch, "lengths": lengths})[0]
             for row, i in enumerate(index):
                 results[i] = y[row, : lengths[row]] if self.per_step else y[row]
@@ -205,10 +202,11 @@ class Engine:
             x = np.stack([chunks[i] for i in group])
             # Gather each stream's state row (axis 1 = batch); device-held state comes to the host.
             state = {n: np.concatenate([_host(streams[i].state[n]) for i in group], axis=1) for n in self.state_names}
-            y, *new = self.step.run(self.step_outputs, {self.input_name: x, **state})
+            y, new = self.run_step(x, state)
+            new = {n: _host(v) for n, v in new.items()}
             for row, i in enumerate(group):
                 outputs[i] = y[row]
-                streams[i].state = {n: v[:, row : row + 1] for n, v in zip(self.state_names, new, strict=True)}
+                streams[i].state = {n: v[:, row : row + 1] for n, v in new.items()}
                 streams[i].steps += len(chunks[i])
         return outputs
 

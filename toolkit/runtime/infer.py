@@ -1,6 +1,6 @@
 """Batch inference over a data file in the training formats, with metrics when it is labelled.
 
-NumPy and ONNX Runtime only: the readers (toolkit.data) and metrics (toolkit.train.metrics)
+NumPy and ONNX Runtime only: the readers (toolkit.core.data) and metrics (toolkit.core.metrics)
 import no torch.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolkit.config import Config
-from toolkit.data import InputSpec, OutputSpec, SequenceDataset, Vocabulary, load_file
+from toolkit.core import tasks
+from toolkit.core.config import Config
+from toolkit.core.data import InputSpec, OutputSpec, SequenceDataset, Vocabulary, load_file
 from toolkit.runtime.engine import Engine
-from toolkit.train.metrics import metrics_for
 
 
 def specs(manifest: dict) -> tuple[Config, InputSpec, OutputSpec]:
@@ -27,15 +27,16 @@ def specs(manifest: dict) -> tuple[Config, InputSpec, OutputSpec]:
     if inp["kind"] == "tokens":
         input_spec = InputSpec("tokens", vocab=Vocabulary(inp["vocab"]))
     else:
-        input_spec = InputSpec("features", num_features=inp["num_features"], mean=inp["mean"], std=inp["std"])
+        input_spec = InputSpec(
+            "features",
+            num_features=inp["num_features"],
+            mean=inp["mean"],
+            std=inp["std"],
+            columns=reader.get("columns"),
+        )
     fields = ("labels", "num_targets", "per_step", "target_mean", "target_std")
     output_spec = OutputSpec(manifest["task"], **{k: out[k] for k in fields if k in out})
     return config, input_spec, output_spec
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def infer_file(engine: Engine, path: str, batch_size: int = 64, progress=None) -> tuple[list[dict], dict | None]:
@@ -59,29 +60,12 @@ def infer_file(engine: Engine, path: str, batch_size: int = 64, progress=None) -
 def result(manifest: dict, y: np.ndarray) -> dict:
     """One sequence's outputs as JSON: regress {"values"}; classify {"prediction", "scores"}
     (probabilities in label order); tag / lm {"predictions"} per step (labels or next tokens)."""
-    task, labels = manifest["task"], manifest["output"].get("labels")
-    if task == "regress":
-        return {"values": np.round(y, 6).tolist()}
-    if task == "classify":
-        p = softmax(y)
-        return {"prediction": labels[int(p.argmax())], "scores": np.round(p, 6).tolist()}
-    names = labels if task == "tag" else manifest["input"]["vocab"]
-    return {"predictions": [names[j] for j in y.argmax(-1)]}
+    return tasks.of(manifest["task"]).result(y, tasks.names(manifest))
 
 
 def _metrics(config: Config, output_spec: OutputSpec, outputs: list, targets: list) -> dict:
-    metrics = metrics_for(config.task, output_spec.labels, config.data.level)
+    metrics = tasks.metrics_for(config.task, output_spec.labels, config.data.level)
+    score = tasks.of(config.task).score
     for y, t in zip(outputs, targets, strict=True):
-        if config.task == "classify":
-            metrics.update(np.array([y.argmax()]), np.array([t]))
-        elif config.task == "tag":
-            metrics.update(y.argmax(-1)[None], np.asarray(t)[None], np.array([len(t)]))
-        elif config.task == "lm":
-            keep = np.asarray(t) >= 0  # the last position of a stream has no next token
-            logp = np.log(softmax(y[keep].astype(np.float64)))
-            metrics.update(float(-logp[np.arange(keep.sum()), np.asarray(t)[keep]].sum()), int(keep.sum()))
-        else:
-            t = np.asarray(t, dtype=np.float64)
-            mask = np.isfinite(t).all(-1) if t.ndim > 1 else None
-            metrics.update(y[None], t[None], mask[None] if mask is not None else None)
+        score(metrics, y[None], np.asarray(t)[None], np.array([len(y)]))
     return metrics.compute()

@@ -17,9 +17,9 @@ from itertools import chain
 
 import numpy as np
 
-from toolkit.data.encode import FLOAT32_MAX
-from toolkit.data.vocab import Vocabulary
-from toolkit.jsontext import JSONTextError, parse
+from toolkit.core.data.encode import FLOAT32_MAX
+from toolkit.core.data.vocab import Vocabulary
+from toolkit.core.jsontext import JSONTextError, parse
 
 FIELDS = {"stream", "tokens", "features", "reset", "end"}
 NUMBERS = frozenset((float, int))
@@ -27,7 +27,7 @@ FEATURE_MESSAGE = {"stream", "features"}
 
 
 def loads(text: str | bytes):
-    """JSON text -> object under rnnkit's one decoding policy (`toolkit.jsontext`), or a
+    """JSON text -> object under rnnkit's one decoding policy (`toolkit.core.jsontext`), or a
     MessageError (400) saying what is wrong and where."""
     try:
         return parse(text)
@@ -38,6 +38,12 @@ def loads(text: str | bytes):
 def unknown_stream(name: str, kind: str, where: str = "") -> str:
     """The refusal of a reset or end of a stream that is not open (code 404 on a server)."""
     return f"unknown stream {name!r}{where}: a chunk opens a stream; {kind} needs an open one"
+
+
+def control_reply(name: str, kind: str, steps: int) -> dict:
+    """The reply to a reset ({"stream", "reset": true}) or an end ({"stream", "end": true, "steps":
+    the steps the stream ran})."""
+    return {"stream": name, "reset": True} if kind == "reset" else {"stream": name, "end": True, "steps": steps}
 
 
 class MessageError(ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnxruntime as ort
 
-from toolkit.errors import RnnkitError
+from toolkit.core.errors import RnnkitError
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -22,13 +22,14 @@ class DeviceError(RnnkitError):
 
 
 def make_session(
-    model: bytes, device: str = "auto", threads: int | None = None, spin: bool = True
+    model: bytes, device: str = "auto", threads: int | None = None, spin: bool = True, tf32: bool = True
 ) -> ort.InferenceSession:
     """An InferenceSession on `device`; `session.get_providers()[0]` is the provider in use.
 
     auto: CUDA when it works here, else the CPU. cuda / tensorrt: that provider or a DeviceError.
     spin=False: intra-op threads sleep between calls instead of busy-waiting for the next one,
     which a server needs: the spinning would take the cores its event loop runs on.
+    tf32=False: CUDA computes float32 products in full float32 (the parity certificate's setting).
     """
     if device not in DEVICES:
         raise DeviceError(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
@@ -42,9 +43,10 @@ def make_session(
         if device in ("cuda", "tensorrt"):
             raise DeviceError(f"--device {device}: this onnxruntime build has no {wanted}; use --device cpu or auto")
         return ort.InferenceSession(model, options, providers=[CPU])
+    provider = (wanted, {"use_tf32": 0}) if wanted == PROVIDER["cuda"] and not tf32 else wanted
     ort.set_default_logger_severity(4)  # the provider's load errors are expected where no GPU works
     try:
-        session = ort.InferenceSession(model, options, providers=[wanted, CPU])
+        session = ort.InferenceSession(model, options, providers=[provider, CPU])
     finally:
         ort.set_default_logger_severity(2)
     if device != "auto" and session.get_providers()[0] != wanted:

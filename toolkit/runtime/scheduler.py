@@ -93,7 +93,7 @@ class Job:
     """A chunk to run, or a reset / end to apply in the stream's order."""
 
     kind: str  # "chunk" | "reset" | "end"
-    done: Callable[[Stream, Job], None]  # called on the event loop once the job has run
+    done: Callable[[ServedStream, Job], None]  # called on the event loop once the job has run
     chunk: np.ndarray | None = None
     unknown: int = 0  # tokens of the chunk mapped to <unk> (for the reply)
     arrived: float = field(default_factory=time.perf_counter)
@@ -104,7 +104,10 @@ class Job:
 
 
 @dataclass(eq=False)
-class Stream:
+class ServedStream:
+    """A stream as the server holds it: its row (slot) in the state pool, the steps it has run and
+    its jobs waiting in order. (`engine.Stream` is the one-stream Python API.)"""
+
     name: str
     slot: int
     steps: int = 0
@@ -138,20 +141,20 @@ class Scheduler:
         self.observer = observer  # Telemetry-like: on_batch(batch, started, seconds)
         self.worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-onnxruntime")
         self.open_streams = 0
-        self.ready: deque[Stream] = deque()
-        self.batch: list[tuple[Stream, Job]] = []  # the batch being computed
+        self.ready: deque[ServedStream] = deque()
+        self.batch: list[tuple[ServedStream, Job]] = []  # the batch being computed
         self._arrival = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
     # ---- streams (event loop only) ----------------------------------------------------------
-    def open(self, name: str) -> Stream:
-        stream = Stream(name, self.pool.acquire())
+    def open(self, name: str) -> ServedStream:
+        stream = ServedStream(name, self.pool.acquire())
         self.open_streams += 1
         return stream
 
-    def submit(self, stream: Stream, job: Job) -> None:
+    def submit(self, stream: ServedStream, job: Job) -> None:
         stream.last_active = time.monotonic()
         if job.kind != "chunk" and not stream.pending and not stream.running:
             self._apply(stream, job)
@@ -159,7 +162,7 @@ class Scheduler:
         stream.pending.append(job)
         self._queue(stream)
 
-    def close(self, stream: Stream) -> None:
+    def close(self, stream: ServedStream) -> None:
         """Drop a stream and what it still had queued (nobody is left to answer)."""
         if stream.closed:
             return
@@ -169,14 +172,14 @@ class Scheduler:
         if not stream.running:  # else its batch releases the slot when it is done with it
             self.pool.release(stream.slot)
 
-    def busy(self, stream: Stream) -> bool:
+    def busy(self, stream: ServedStream) -> bool:
         return stream.running or bool(stream.pending)
 
     async def idle(self) -> None:
         """Return once every accepted job has run."""
         await self._idle.wait()
 
-    def _apply(self, stream: Stream, job: Job) -> None:
+    def _apply(self, stream: ServedStream, job: Job) -> None:
         job.start = stream.steps
         if job.kind == "reset":
             self.pool.zero(stream.slot)
@@ -186,14 +189,14 @@ class Scheduler:
         self._deliver(stream, job)
 
     @staticmethod
-    def _deliver(stream: Stream, job: Job) -> None:
+    def _deliver(stream: ServedStream, job: Job) -> None:
         """Hand a job's result to whoever submitted it; a failure there costs that reply only."""
         try:
             job.done(stream, job)
         except Exception:
             log.exception("answering a %s on stream %r failed; the batcher goes on", job.kind, stream.name)
 
-    def _queue(self, stream: Stream) -> None:
+    def _queue(self, stream: ServedStream) -> None:
         if stream.ready or stream.running or not stream.pending:
             return
         stream.ready = True
@@ -240,7 +243,7 @@ class Scheduler:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self.max_delay - waited)
 
-    def _take(self) -> list[tuple[Stream, Job]]:
+    def _take(self) -> list[tuple[ServedStream, Job]]:
         """The head chunk of up to max_batch ready streams; resets and ends met on the way are
         applied here, in their stream's order."""
         batch = []
@@ -256,7 +259,7 @@ class Scheduler:
                 batch.append((stream, job))
         return batch
 
-    def _compute(self, batch: list[tuple[Stream, Job]]) -> list:
+    def _compute(self, batch: list[tuple[ServedStream, Job]]) -> list:
         """Worker thread: one step-graph call per distinct chunk length; the new state rows are
         written back only once every group has run (all or nothing, so a retry cannot step a
         stream twice)."""

@@ -43,8 +43,8 @@ from starlette.websockets import WebSocketDisconnect
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.guard import AUTHENTICATED, Guard, deny, with_request_deadline
 from toolkit.runtime.infer import result
-from toolkit.runtime.messages import Codec, Message, MessageError, loads, unknown_stream
-from toolkit.runtime.scheduler import Job, Scheduler, Stream, TooManyStreams
+from toolkit.runtime.messages import Codec, Message, MessageError, control_reply, loads, unknown_stream
+from toolkit.runtime.scheduler import Job, Scheduler, ServedStream, TooManyStreams
 from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 
 log = logging.getLogger("rnnkit.serve")
@@ -177,7 +177,7 @@ class Connection:
 
     def __init__(self, hub: Hub, ws: WebSocket):
         self.hub, self.ws = hub, ws
-        self.streams: dict[str, Stream] = {}
+        self.streams: dict[str, ServedStream] = {}
         self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.outbox_bytes = 0  # of the replies in the outbox
@@ -277,11 +277,7 @@ class Connection:
                         410,
                     )
                 steps = self.evicted.pop(name)  # reset or end of an evicted stream: acknowledged
-                return self.send(
-                    {"stream": name, "reset": True}
-                    if msg.kind == "reset"
-                    else {"stream": name, "end": True, "steps": steps}
-                )
+                return self.send(control_reply(name, msg.kind, steps))
             if msg.kind != "chunk":
                 return self.refuse(name, unknown_stream(name, msg.kind, " on this connection"), 404)
             try:
@@ -298,17 +294,15 @@ class Connection:
             del self.streams[name]
         hub.scheduler.submit(stream, Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown))
 
-    def _done(self, stream: Stream, job: Job) -> None:
+    def _done(self, stream: ServedStream, job: Job) -> None:
         if job.error:
             self.refuse(stream.name, job.error, job.code)
-        elif job.kind == "reset":
-            self.send({"stream": stream.name, "reset": True})
-        elif job.kind == "end":
-            self.send({"stream": stream.name, "end": True, "steps": job.start})
+        elif job.kind in ("reset", "end"):
+            self.send(control_reply(stream.name, job.kind, job.start))
         else:
             self.send(self.hub.codec.reply(stream.name, job.start, job.outputs, job.unknown))
 
-    def evict(self, stream: Stream, reason: str) -> None:
+    def evict(self, stream: ServedStream, reason: str) -> None:
         self.hub.scheduler.close(stream)
         del self.streams[stream.name]
         self.evicted[stream.name] = stream.steps

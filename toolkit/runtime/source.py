@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from toolkit.errors import RegistryError
-from toolkit.export.bundle import MANIFEST
-from toolkit.mlflow_env import apply_defaults
+from toolkit.core.bundle import MANIFEST
+from toolkit.core.errors import RegistryError, first_line
+from toolkit.core.mlflow_env import apply_defaults
 
 ARTIFACT = "bundle"  # the key of the bundle directory among a logged model's artifacts
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default (FIELD-NOTES)
@@ -124,7 +124,7 @@ def _alias_version(store: str, name: str, alias: str) -> str:
         return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
     except mlflow.exceptions.MlflowException as e:
         raise RegistryError(
-            f"models:/{name}@{alias}: {_first_line(e)} (tracking store {store}); "
+            f"models:/{name}@{alias}: {first_line(e)} (tracking store {store}); "
             f"see the model's versions and aliases with `rnnkit models list {name}`"
         ) from None
 
@@ -135,7 +135,7 @@ def _download(store, key, model, name, version, allow_unverified, log) -> Resolv
         tags = mlflow.MlflowClient().get_model_version(name, version).tags
     except mlflow.exceptions.MlflowException as e:
         raise RegistryError(
-            f"{model}: {_first_line(e)} (tracking store {store}); list versions with `rnnkit models list {name}`"
+            f"{model}: {first_line(e)} (tracking store {store}); list versions with `rnnkit models list {name}`"
         ) from None
     if tags.get("parity_passed") == "false" and not allow_unverified:
         raise RegistryError(
@@ -158,7 +158,7 @@ def _fetch(store: str, key: tuple[str, ...], uri: str, log) -> Path:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging / "download"))
         except mlflow.exceptions.MlflowException as e:
-            raise RegistryError(f"{uri}: {_first_line(e)} (tracking store {store}); accepted: {FORMS}") from None
+            raise RegistryError(f"{uri}: {first_line(e)} (tracking store {store}); accepted: {FORMS}") from None
         (staging / "entry").mkdir()
         shutil.move(str(bundle_dir_of(local)), staging / "entry" / ARTIFACT)
         (staging / "entry" / "source.json").write_text(json.dumps({"uri": uri, "tracking_uri": store}) + "\n")
@@ -195,8 +195,3 @@ def bundle_dir_of(local_model_path: str | os.PathLike) -> Path:
     if not (bundle / MANIFEST).is_file():
         raise RegistryError(f"{path}: an MLflow model that is not an rnnkit model (no {relative}/{MANIFEST})")
     return bundle
-
-
-def _first_line(error: Exception) -> str:
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__

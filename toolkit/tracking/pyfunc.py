@@ -16,7 +16,6 @@ whichever the bundle takes. Output: a DataFrame, one row per sequence: classify 
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import tempfile
 from pathlib import Path
@@ -31,7 +30,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 import toolkit
-from toolkit.export.bundle import BundleError, read_graph, read_manifest
+from toolkit.core import tasks
+from toolkit.core.bundle import BundleError, read_graph, read_manifest
+from toolkit.core.versions import installed
 from toolkit.runtime.engine import InputError
 from toolkit.runtime.source import ARTIFACT
 
@@ -64,10 +65,7 @@ def input_column(manifest: dict) -> str:
 
 def output_fields(manifest: dict) -> list[str]:
     """The columns of `predict`'s DataFrame: the keys of `toolkit.runtime.infer.result`."""
-    task = manifest["task"]
-    if task == "classify":
-        return ["prediction", "scores"]
-    return ["values"] if task == "regress" else ["predictions"]
+    return list(tasks.of(manifest["task"]).fields)
 
 
 def accepted(manifest: dict) -> str:
@@ -146,7 +144,7 @@ def sequences(engine, model_input: Any, vocab=None) -> list[np.ndarray]:
         where = f"row {i} ({column})"
         if column == "tokens":
             if vocab is None:
-                from toolkit.data.vocab import Vocabulary
+                from toolkit.core.data.vocab import Vocabulary
 
                 vocab = Vocabulary(manifest["input"]["vocab"])
             row = vocab.encode(_token_strings(row, where, manifest))
@@ -180,7 +178,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     environment variable RNNKIT_DEVICE (auto, cpu, cuda, tensorrt; default auto)."""
 
     def load_context(self, context):
-        from toolkit.data.vocab import Vocabulary
+        from toolkit.core.data.vocab import Vocabulary
         from toolkit.runtime.engine import Engine
 
         self.engine = Engine(context.artifacts[ARTIFACT], device=os.environ.get(DEVICE_ENV, "auto"))
@@ -203,14 +201,14 @@ def signature(manifest: dict) -> ModelSignature:
         inputs = Schema([ColSpec(Array(DataType.string), "tokens")])
     else:
         inputs = Schema([ColSpec(Array(Array(DataType.double)), "features")])
-    task = manifest["task"]
-    if task == "classify":
-        outputs = Schema([ColSpec(DataType.string, "prediction"), ColSpec(Array(DataType.double), "scores")])
-    elif task == "regress":
-        values = Array(Array(DataType.double)) if manifest["output"]["per_step"] else Array(DataType.double)
-        outputs = Schema([ColSpec(values, "values")])
-    else:  # tag, lm: a label or next token per step
-        outputs = Schema([ColSpec(Array(DataType.string), "predictions")])
+    values = Array(Array(DataType.double)) if manifest["output"]["per_step"] else Array(DataType.double)
+    types = {
+        "prediction": DataType.string,  # classify: the label
+        "scores": Array(DataType.double),  # classify: probabilities in label order
+        "predictions": Array(DataType.string),  # tag, lm: a label or next token per step
+        "values": values,  # regress
+    }
+    outputs = Schema([ColSpec(types[name], name) for name in tasks.of(manifest["task"]).fields])
     params = ParamSchema([ParamSpec("batch_size", DataType.long, DEFAULT_BATCH_SIZE)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -263,19 +261,12 @@ def model_tags(manifest: dict) -> dict[str, str]:
     return tags
 
 
-def _installed(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def pip_requirements() -> list[str]:
     """What the model needs besides MLflow (which MLflow adds, pinned, itself): the ONNX Runtime
     build installed here (onnxruntime-gpu or onnxruntime; both provide the `onnxruntime` module and
     overwrite each other, so exactly one is listed), NumPy and pandas, pinned as installed here."""
-    ort = next((d for d in ("onnxruntime-gpu", "onnxruntime") if _installed(d)), "onnxruntime")
-    return [f"{d}=={_installed(d)}" if _installed(d) else d for d in (ort, "numpy", "pandas")]
+    ort = next((d for d in ("onnxruntime-gpu", "onnxruntime") if installed(d)), "onnxruntime")
+    return [f"{d}=={installed(d)}" if installed(d) else d for d in (ort, "numpy", "pandas")]
 
 
 def log_bundle(

@@ -13,8 +13,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from toolkit.errors import RegistryError
-from toolkit.export.bundle import read_manifest
+from toolkit.core.bundle import read_manifest
+from toolkit.core.errors import RegistryError
 from toolkit.runtime.source import is_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

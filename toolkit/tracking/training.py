@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from toolkit.atomic import atomic_write_json
-from toolkit.config import Config
-from toolkit.mlflow_env import apply_defaults
+from toolkit.core.atomic import atomic_write_json
+from toolkit.core.config import Config
+from toolkit.core.errors import first_line
+from toolkit.core.mlflow_env import apply_defaults
 from toolkit.train.checkpoint import fingerprint, read_json
 
 RUN_FILES = ("config.json", "spec.json", "vocab.json", "labels.json", "metrics.json", "model.pt")
@@ -95,7 +96,7 @@ class Tracker:
             with interrupts_deferred():
                 return fn()
         except Exception as e:  # the store may fail in any way: network, HTTP, database, disk
-            self.failed = f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.failed = f"{what}: {type(e).__name__}: {first_line(e)}"
             self.log(
                 f"warning: MLflow tracking at {self.tracking_uri} failed ({self.failed}); training goes on and "
                 "the run directory keeps everything; record the model later with `rnnkit register`"

@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
-from toolkit.atomic import atomic_write_bytes, atomic_write_json
-from toolkit.config import Config
-from toolkit.data.types import InputSpec, OutputSpec
-from toolkit.data.vocab import Vocabulary
-from toolkit.errors import CheckpointError, ConfigError
+from toolkit.core.atomic import atomic_write_bytes, atomic_write_json
+from toolkit.core.config import Config
+from toolkit.core.data.types import InputSpec, OutputSpec
+from toolkit.core.data.vocab import Vocabulary
+from toolkit.core.errors import CheckpointError, ConfigError
+from toolkit.core.jsontext import check_format
 from toolkit.models.model import SequenceModel
 
 FORMAT = "rnnkit-checkpoint"
@@ -96,13 +97,7 @@ def read_specs(run_dir: str | Path) -> tuple[Config, InputSpec, OutputSpec]:
             f"(a run directory holds {', '.join(REQUIRED)})"
         )
     spec = read_json(run_dir / "spec.json")
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise CheckpointError(f"{run_dir / 'spec.json'}: not an rnnkit checkpoint spec")
-    if spec.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{run_dir / 'spec.json'}: format version {spec.get('format_version')!r}; "
-            f"this rnnkit reads version {FORMAT_VERSION}"
-        )
+    check_format(spec, str(run_dir / "spec.json"), FORMAT, FORMAT_VERSION, "checkpoint spec", CheckpointError)
     try:
         config = Config.from_dict(read_json(run_dir / "config.json"), where=str(run_dir / "config.json")).validate()
     except ConfigError as e:
@@ -111,9 +106,8 @@ def read_specs(run_dir: str | Path) -> tuple[Config, InputSpec, OutputSpec]:
     vocab = None
     if inp["kind"] == "tokens":
         vocab = Vocabulary(read_json(run_dir / "vocab.json"))
-    input_spec = InputSpec(
-        kind=inp["kind"], vocab=vocab, num_features=inp.get("num_features"), mean=inp.get("mean"), std=inp.get("std")
-    )
+    fields = ("num_features", "mean", "std", "columns")
+    input_spec = InputSpec(kind=inp["kind"], vocab=vocab, **{k: inp.get(k) for k in fields})
     out = dict(spec["output"])
     if out.get("labels") is not None or (run_dir / "labels.json").is_file():
         out["labels"] = read_json(run_dir / "labels.json")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from toolkit.data import load_file
+from toolkit.core.data import load_file
+from toolkit.core.tasks import metrics_for
 from toolkit.train.checkpoint import load_model
 from toolkit.train.loop import pick_device, run_pass
-from toolkit.train.metrics import metrics_for
 
 
 def evaluate(run_dir: str | Path, data: str | Path, batch_size: int = 64, device: str = "auto") -> dict[str, float]:

@@ -23,15 +23,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from toolkit.atomic import atomic_write_json
-from toolkit.config import Config
-from toolkit.data import bucket_batches, load_data, stream_windows
-from toolkit.data.types import PAD_TARGET, Prepared, SequenceDataset, StreamDataset
-from toolkit.errors import CheckpointError, ConfigError
+from toolkit.core import tasks
+from toolkit.core.atomic import atomic_write_json
+from toolkit.core.config import Config
+from toolkit.core.data import bucket_batches, load_data, stream_windows
+from toolkit.core.data.types import PAD_TARGET, Prepared, SequenceDataset, StreamDataset
+from toolkit.core.errors import CheckpointError, ConfigError
+from toolkit.core.metrics import LMMetrics, better, metric_mode
+from toolkit.core.tasks import default_monitor, metrics_for
 from toolkit.models.encoder import detach_state
 from toolkit.models.model import SequenceModel
 from toolkit.train import checkpoint as ckpt
-from toolkit.train.metrics import better, default_monitor, metric_mode, metrics_for
 from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
 
 STATE_KEYS = frozenset({"model", "optimizer", "schedule", "scaler", "torch_rng", "fingerprint", "epoch", "history"})
@@ -253,20 +255,19 @@ class _Run:
             stopped_early=stopped_early,
             notes=list(self.data.notes),
         )
-        if self.task == "lm":
+        if tasks.of(self.task).predicts == "tokens":  # a language model: show what it writes
             result.sample = self._sample()
         atomic_write_json(self.out / "metrics.json", {"history": self.history, "summary": result.summary()})
         return result
 
     def _sample(self) -> str:
+        from toolkit.core.sampling import Sampling
         from toolkit.models.generate import generate
 
         best = SequenceModel(self.cfg.model, self.data.input, self.data.output).to(self.device)
         best.load_state_dict(torch.load(self.out / "model.pt", map_location=self.device, weights_only=True))
         data = self.cfg.data
-        return generate(
-            best, self.data.input.vocab, data.level, data.lowercase, max_tokens=200, temperature=0.8, seed=0
-        )
+        return generate(best, self.data.input.vocab, data.level, data.lowercase, sampling=Sampling(temperature=0.8))
 
     def _run_epoch(self, dataset: SequenceDataset | StreamDataset, training: bool) -> dict[str, float]:
         tcfg = self.cfg.train
@@ -358,13 +359,11 @@ def run_pass(
 def task_loss(model: SequenceModel, task: str, y: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None):
     """Summed loss and the count it is summed over (so batches of any size average right)."""
     y = y.float()
-    if task == "classify":
-        return F.cross_entropy(y, targets, reduction="sum"), targets.shape[0]
-    if task in ("tag", "lm"):
+    if tasks.of(task).loss == "cross_entropy":  # per sequence or per step; padded steps ignored
         flat = targets.reshape(-1)
         loss = F.cross_entropy(y.reshape(flat.shape[0], -1), flat, ignore_index=PAD_TARGET, reduction="sum")
         return loss, int((flat != PAD_TARGET).sum())
-    # regress: squared error on the normalised scale, padded steps masked out
+    # squared_error: on the normalised scale, padded steps masked out
     err = (model.normalised(y) - model.normalised(targets.float())) ** 2
     if y.dim() == 3 and lengths is not None:
         mask = _step_mask(lengths, y.shape[1], y.device).unsqueeze(-1)
@@ -373,17 +372,11 @@ def task_loss(model: SequenceModel, task: str, y: torch.Tensor, targets: torch.T
 
 
 def update_metrics(metrics, task: str, y, targets, lengths, loss_sum: float, count: int) -> None:
-    if task == "classify":
-        metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy())
-    elif task == "tag":
-        metrics.update(y.argmax(-1).cpu().numpy(), targets.cpu().numpy(), lengths.numpy())
-    elif task == "lm":
+    if isinstance(metrics, LMMetrics):  # its metric is the loss itself: no second pass over the logits
         metrics.update(loss_sum, count)
     else:
-        mask = None
-        if y.dim() == 3 and lengths is not None:
-            mask = _step_mask(lengths, y.shape[1], y.device).cpu().numpy()
-        metrics.update(y.cpu().numpy(), targets.float().cpu().numpy(), mask)
+        lengths = lengths.numpy() if lengths is not None else None
+        tasks.of(task).score(metrics, y.cpu().numpy(), targets.cpu().numpy(), lengths)
 
 
 def _step_mask(lengths: torch.Tensor, total: int, device) -> torch.Tensor:

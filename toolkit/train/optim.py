@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from toolkit.config import TrainConfig
+from toolkit.core.config import TrainConfig
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

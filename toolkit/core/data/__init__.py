@@ -4,8 +4,8 @@ NumPy and the standard library only (no torch): the inference runtime reuses all
 Formats are described in docs/data-formats.md.
 """
 
-from toolkit.data.batching import bucket_batches, pad_batch, stream_windows
-from toolkit.data.encode import (
+from toolkit.core.data.batching import bucket_batches, pad_batch, stream_windows
+from toolkit.core.data.encode import (
     Encoded,
     build_specs,
     encode_examples,
@@ -14,13 +14,13 @@ from toolkit.data.encode import (
     order_labels,
     order_tags,
 )
-from toolkit.data.examples import example_path
-from toolkit.data.formats import FORMATS, SUFFIX_FORMATS, TASK_FORMATS, read_records, resolve_format
-from toolkit.data.load import encode_records, load_data, load_file
-from toolkit.data.records import Record, Records
-from toolkit.data.split import split_sequences, split_stream
-from toolkit.data.text import tokenize
-from toolkit.data.types import (
+from toolkit.core.data.examples import example_path
+from toolkit.core.data.formats import SUFFIX_FORMATS, read_records, resolve_format
+from toolkit.core.data.load import encode_records, load_data, load_file
+from toolkit.core.data.records import Record, Records
+from toolkit.core.data.split import split_sequences, split_stream
+from toolkit.core.data.text import tokenize
+from toolkit.core.data.types import (
     PAD_TARGET,
     Batch,
     Example,
@@ -30,13 +30,11 @@ from toolkit.data.types import (
     SequenceDataset,
     StreamDataset,
 )
-from toolkit.data.vocab import Vocabulary
+from toolkit.core.data.vocab import Vocabulary
 
 __all__ = [
-    "FORMATS",
     "PAD_TARGET",
     "SUFFIX_FORMATS",
-    "TASK_FORMATS",
     "Batch",
     "Encoded",
     "Example",

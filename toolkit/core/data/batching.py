@@ -11,7 +11,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toolkit.data.types import PAD_TARGET, Batch, Example, SequenceDataset, StreamDataset
+from toolkit.core.data.types import PAD_TARGET, Batch, Example, SequenceDataset, StreamDataset
+
+
+def pad(sequences: Sequence[np.ndarray], fill=0, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences [T_i, ...] stacked into [B, max T_i, ...] with `fill` beyond each length, and the
+    lengths (int64 [B]). The one padding routine of training, export checks and the runtime."""
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    first = np.asarray(sequences[0])
+    out = np.full((len(sequences), int(lengths.max()), *first.shape[1:]), fill, dtype=dtype or first.dtype)
+    for b, s in enumerate(sequences):
+        out[b, : lengths[b]] = s
+    return out, lengths
 
 
 def pad_batch(examples: Sequence[Example], index: Sequence[int] | np.ndarray) -> Batch:
@@ -23,16 +34,8 @@ def pad_batch(examples: Sequence[Example], index: Sequence[int] | np.ndarray) ->
     """
     if not len(examples):
         raise ValueError("pad_batch needs at least one example")
-    lengths = np.array([len(ex) for ex in examples], dtype=np.int64)
-    size = len(examples)
-    longest = int(lengths.max())
     first = examples[0].inputs
-    if first.ndim == 1:
-        inputs = np.zeros((size, longest), dtype=np.int64)
-    else:
-        inputs = np.zeros((size, longest, first.shape[1]), dtype=np.float32)
-    for b, ex in enumerate(examples):
-        inputs[b, : lengths[b]] = ex.inputs
+    inputs, lengths = pad([ex.inputs for ex in examples], dtype=np.int64 if first.ndim == 1 else np.float32)
     return Batch(
         inputs=inputs, lengths=lengths, targets=_pad_targets(examples, lengths), index=np.asarray(index, dtype=np.int64)
     )
@@ -46,16 +49,10 @@ def _pad_targets(examples: Sequence[Example], lengths: np.ndarray) -> np.ndarray
     if not isinstance(first, np.ndarray):  # classify: one label id per sequence
         return np.array(targets, dtype=np.int64)
     if first.dtype.kind in "iu":  # tag: one id per step
-        out = np.full((len(targets), int(lengths.max())), PAD_TARGET, dtype=np.int64)
-        for b, t in enumerate(targets):
-            out[b, : len(t)] = t
-        return out
+        return pad(targets, fill=PAD_TARGET, dtype=np.int64)[0]
     if first.ndim == 1:  # regress, per sequence
         return np.stack(targets).astype(np.float32)
-    out = np.zeros((len(targets), int(lengths.max()), first.shape[1]), dtype=np.float32)  # regress, per step
-    for b, t in enumerate(targets):
-        out[b, : len(t)] = t
-    return out
+    return pad(targets, dtype=np.float32)[0]  # regress, per step
 
 
 def bucket_batches(

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
+from toolkit.core import tasks
+
 MAX_VOCAB = 2**24
 MAX_WIDTH = 2**16  # features per step, hidden units, targets
 MAX_LAYERS = 256
@@ -73,6 +75,7 @@ class Reader(Strict):
     lowercase: StrictBool
     target_columns: list[Name] | None = Field(max_length=MAX_WIDTH)
     horizon: Annotated[StrictInt, Field(ge=1, le=2**31)]
+    columns: list[Name] | None = Field(None, min_length=1, max_length=MAX_WIDTH)  # a csv series' feature columns
 
 
 class State(Strict):
@@ -110,7 +113,7 @@ class Parity(BaseModel):
 class Manifest(Strict):
     format: Literal["rnnkit-bundle"]
     format_version: Literal[1]
-    task: Literal["classify", "tag", "regress", "lm"]
+    task: Literal[tuple(tasks.TASKS)]
     model: ModelInfo
     input: TokensInput | FeaturesInput = Field(discriminator="kind")
     output: Output
@@ -131,7 +134,10 @@ class Manifest(Strict):
             raise ValueError("graphs must list model.onnx")
         if (self.state is None) == ("step.onnx" in self.graphs):
             raise ValueError("a bundle has step.onnx and a state spec together (unidirectional) or neither")
-        if self.task in ("classify", "tag") and not self.output.labels:
+        columns = self.reader.columns if self.reader is not None else None
+        if columns is not None and len(columns) != getattr(self.input, "num_features", None):
+            raise ValueError("reader.columns must name each of the input's features (num_features of them)")
+        if tasks.of(self.task).predicts == "labels" and not self.output.labels:
             raise ValueError(f"a {self.task} bundle's output needs its labels")
         return self
 

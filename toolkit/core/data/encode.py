@@ -13,10 +13,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from toolkit.data.records import Record, Records, preview
-from toolkit.data.types import PAD_TARGET, Example, InputSpec, OutputSpec, StreamDataset
-from toolkit.data.vocab import UNK_ID, Vocabulary
-from toolkit.errors import DataError
+from toolkit.core.data.records import Record, Records, preview
+from toolkit.core.data.types import PAD_TARGET, Example, InputSpec, OutputSpec, StreamDataset
+from toolkit.core.data.vocab import UNK_ID, Vocabulary
+from toolkit.core.errors import DataError
 
 
 class Encoded(list):
@@ -89,10 +89,13 @@ def label_universe(records: Records) -> list[str]:
 # ----------------------------------------------------------------------------------------------- columns
 
 
-def resolve_columns(records: Records | Sequence[Record], target_columns: Sequence[str] | None) -> list[int]:
-    """Indices of the csv target columns among the feature columns (default: all of them)."""
+def resolve_columns(
+    records: Records | Sequence[Record], target_columns: Sequence[str] | None, columns: Sequence[str] | None = None
+) -> list[int]:
+    """Indices of the csv target columns among the feature columns (`columns`, default the
+    file's own; all of them when no target columns are named)."""
     record = records[0]
-    columns = record.columns or []
+    columns = list(columns if columns is not None else record.columns or [])
     if not target_columns:
         return list(range(len(columns)))
     skipped = getattr(records, "skipped_columns", [])
@@ -145,7 +148,8 @@ def build_specs(
     else:
         steps = np.concatenate([r.features for r in records], axis=0)
         mean, std = _mean_std(steps)
-        input_spec = InputSpec(kind="features", num_features=int(steps.shape[1]), mean=mean, std=std)
+        columns = records[0].columns if train.format == "csv" else None
+        input_spec = InputSpec(kind="features", num_features=int(steps.shape[1]), mean=mean, std=std, columns=columns)
 
     if task in ("classify", "tag"):
         output = OutputSpec(task=task, labels=list(labels) if labels is not None else label_universe(train))
@@ -273,14 +277,14 @@ def encode_stream(
     if records.format != "csv":
         raise DataError(f"{records.format} data is not a stream (expected text or csv)", path=records.path)
     record = records[0]
-    values = record.features
+    values, columns = _by_name(record, input_spec.columns)
     if values.shape[1] != input_spec.num_features:
         raise DataError(
             f"expected {input_spec.num_features} numeric columns (as in the training data), got {values.shape[1]}: "
             f"{preview(record.columns)}",
             path=record.path,
         )
-    cols = resolve_columns(records, target_columns)
+    cols = resolve_columns(records, target_columns, columns)
     if output_spec.num_targets is not None and len(cols) != output_spec.num_targets:
         raise DataError(
             f"expected {output_spec.num_targets} target columns (as in the training data), got {len(cols)}",
@@ -298,3 +302,20 @@ def encode_stream(
             path=record.path,
         )
     return StreamDataset(inputs=values[:-horizon].astype(np.float32), targets=values[horizon:, cols].astype(np.float32))
+
+
+def _by_name(record: Record, names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    """A csv series' values with its columns in the model's order (`names`, as trained), so a file
+    whose columns come in another order is read right; without names (a model from before they
+    were recorded), the file's own order."""
+    columns = list(record.columns or [])
+    if names is None:
+        return record.features, columns
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise DataError(
+            f"no column(s) {preview(missing)}: the model reads the numeric columns {preview(list(names))} "
+            f"(by name, in any order); this file has {preview(columns)}",
+            path=record.path,
+        )
+    return record.features[:, [columns.index(n) for n in names]], list(names)

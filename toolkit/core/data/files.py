@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.errors import DataError
+from toolkit.core.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md")
 

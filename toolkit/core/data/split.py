@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from toolkit.data.records import Record, Records
-from toolkit.errors import DataError
+from toolkit.core.data.records import Record, Records
+from toolkit.core.errors import DataError
 
 
 def _replace(records: Records, items: list[Record]) -> Records:

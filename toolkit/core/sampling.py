@@ -7,14 +7,42 @@ the same text on both sides.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.data.text import prompt_tokens
-from toolkit.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
+from toolkit.core.data.text import prompt_tokens
+from toolkit.core.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
 # Never generated: padding, and <bos> (texts are separated by <eos>, which ends generation).
 NEVER_DRAWN = (PAD_ID, BOS_ID)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw: up to `max_tokens` tokens, `temperature` 0 = greedy, optional top-k / top-p
+    truncation, and the seed (the same seed gives the same text, in torch and in the runtime)."""
+
+    max_tokens: int = 200
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+
+    def check(self) -> Sampling:
+        """ValueError naming the first setting out of range."""
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        check_settings(self.temperature, self.top_k, self.top_p)
+        return self
+
+
+DEFAULT_SAMPLING = Sampling()
+
+
+def joiner(level: str) -> str:
+    """What goes between generated tokens: nothing for characters, a space for words."""
+    return "" if level == "char" else " "
 
 
 def check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -33,22 +61,14 @@ def prompt_ids(vocab: Vocabulary, prompt: str, level: str, lowercase: bool = Fal
     return ids if len(ids) else np.array([EOS_ID], dtype=np.int64)
 
 
-def draw(
-    step: Callable[[Sequence[int]], np.ndarray],
-    prompt: np.ndarray,
-    max_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
-) -> Iterator[int]:
+def draw(step: Callable[[Sequence[int]], np.ndarray], prompt: np.ndarray, sampling: Sampling) -> Iterator[int]:
     """Token ids drawn after `prompt`, up to `max_tokens`, stopping before <eos>. `step(ids)` runs
     the model on those ids, carrying its state, and returns the logits after the last one."""
-    check_settings(temperature, top_k, top_p)
-    rng = np.random.default_rng(seed)
+    s = sampling.check()
+    rng = np.random.default_rng(s.seed)
     logits = step(prompt)
-    for _ in range(max_tokens):
-        nxt = sample_next(logits, rng, temperature, top_k, top_p, NEVER_DRAWN)
+    for _ in range(s.max_tokens):
+        nxt = sample_next(logits, rng, s.temperature, s.top_k, s.top_p, NEVER_DRAWN)
         if nxt == EOS_ID:
             return
         yield nxt

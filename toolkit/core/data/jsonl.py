@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.data.files import lines, read_text
-from toolkit.data.records import Record, Records
-from toolkit.errors import DataError
-from toolkit.jsontext import JSONTextError, parse
+from toolkit.core.data.files import lines, read_text
+from toolkit.core.data.records import Record, Records
+from toolkit.core.errors import DataError
+from toolkit.core.jsontext import JSONTextError, parse
 
 TARGET_FIELD = {"classify": "label", "tag": "tags", "regress": "target"}
 EXAMPLE_LINE = {
@@ -70,9 +70,6 @@ class _Seen:
 def read_jsonl(path: str, task: str, require_target: bool = True, lowercase: bool = False) -> Records:
     if task not in TARGET_FIELD:
         raise DataError(f"JSON Lines input is for classify, tag or regress, not {task}", path=str(path))
-    target_field = TARGET_FIELD[task]
-    accepted = ("tokens", "features", target_field, "id")
-    example = EXAMPLE_LINE[task]
     seen = _Seen()
     records: list[Record] = []
     for lineno, raw in enumerate(lines(read_text(path)), 1):
@@ -83,72 +80,85 @@ def read_jsonl(path: str, task: str, require_target: bool = True, lowercase: boo
         def fail(message: str, lineno: int = lineno) -> DataError:
             return DataError(message, path=str(path), line=lineno)
 
-        try:
-            obj = parse(text)
-        except JSONTextError as e:
-            if e.number:
-                raise fail(f"malformed JSON: {e}") from None
-            hint = " (a JSON array of records is not supported: write one object per line)" if text == "[" else ""
-            raise fail(f"malformed JSON: {e}{hint}; each line must be one JSON object, e.g. {example}") from None
-        if not isinstance(obj, dict):
-            hint = (
-                " (a JSON array of records is not supported: write one object per line)"
-                if obj and isinstance(obj, list) and isinstance(obj[0], dict)
-                else ""
-            )
-            raise fail(f"expected a JSON object, got a JSON {json_type(obj)}{hint}; each line must be like {example}")
-        for key in obj:
-            if key not in accepted:
-                close = difflib.get_close_matches(key, accepted, n=1)
-                did = f" (did you mean '{close[0]}'?)" if close else ""
-                raise fail(f"unknown field '{key}'{did}; accepted fields for {task}: {', '.join(accepted)}")
-
-        # Input: exactly one of tokens / features.
-        has_tokens, has_features = "tokens" in obj, "features" in obj
-        if has_tokens and has_features:
-            raise fail("has both 'tokens' and 'features'; give one of them")
-        if not has_tokens and not has_features:
-            raise fail(f"missing field 'tokens' or 'features'; each line needs one of them, e.g. {example}")
-        kind = "tokens" if has_tokens else "features"
-        if seen.kind is None:
-            seen.kind, seen.kind_line = kind, lineno
-        elif kind != seen.kind:
-            raise fail(f"uses '{kind}' but line {seen.kind_line} uses '{seen.kind}'; all lines of a file must use one")
-        tokens = features = None
-        if kind == "tokens":
-            tokens = _tokens(obj["tokens"], fail)
-            if lowercase:
-                tokens = [t.lower() for t in tokens]
-            length = len(tokens)
-        else:
-            expected = (seen.width, f"line {seen.width_line}") if seen.width is not None else None
-            features = _features(obj["features"], text, fail, expected)
-            if seen.width is None:
-                seen.width, seen.width_line = features.shape[1], lineno
-            length = features.shape[0]
-
-        # Target.
-        value = obj.get(target_field)
-        target: Any = None
-        if value is None:
-            if require_target:
-                what = "null" if target_field in obj else "missing"
-                raise fail(
-                    f"{what} field '{target_field}': {task} data needs one on every line (only inference input may "
-                    f"leave it out), e.g. {example}"
-                )
-        elif task == "classify":
-            target = _label(value, fail)
-        elif task == "tag":
-            target = _tags(value, length, kind, fail)
-        else:
-            target = _regress_target(value, length, seen, lineno, fail)
+        obj = _object(text, task, fail)
+        tokens, features, length, kind = _inputs(obj, text, lineno, seen, lowercase, EXAMPLE_LINE[task], fail)
+        target = _target(obj, task, length, kind, seen, lineno, require_target, fail)
         records.append(Record(path=str(path), line=lineno, tokens=tokens, features=features, target=target))
     if not records:
         raise DataError(
-            f"no examples: the file is empty or has only blank lines; expected lines like {example}", str(path)
+            f"no examples: the file is empty or has only blank lines; expected lines like {EXAMPLE_LINE[task]}",
+            str(path),
         )
     return Records(path=str(path), format="jsonl", task=task, records=records)
+
+
+def _object(text: str, task: str, fail) -> dict:
+    """One line parsed: a JSON object with only the fields `task` accepts."""
+    example = EXAMPLE_LINE[task]
+    try:
+        obj = parse(text)
+    except JSONTextError as e:
+        if e.number:
+            raise fail(f"malformed JSON: {e}") from None
+        hint = " (a JSON array of records is not supported: write one object per line)" if text == "[" else ""
+        raise fail(f"malformed JSON: {e}{hint}; each line must be one JSON object, e.g. {example}") from None
+    if not isinstance(obj, dict):
+        hint = (
+            " (a JSON array of records is not supported: write one object per line)"
+            if obj and isinstance(obj, list) and isinstance(obj[0], dict)
+            else ""
+        )
+        raise fail(f"expected a JSON object, got a JSON {json_type(obj)}{hint}; each line must be like {example}")
+    accepted = ("tokens", "features", TARGET_FIELD[task], "id")
+    for key in obj:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            did = f" (did you mean '{close[0]}'?)" if close else ""
+            raise fail(f"unknown field '{key}'{did}; accepted fields for {task}: {', '.join(accepted)}")
+    return obj
+
+
+def _inputs(obj: dict, text: str, lineno: int, seen: _Seen, lowercase: bool, example: str, fail):
+    """Exactly one of tokens / features, of the kind (and width) the file's first lines fixed.
+    Returns (tokens, features, length, kind)."""
+    has_tokens, has_features = "tokens" in obj, "features" in obj
+    if has_tokens and has_features:
+        raise fail("has both 'tokens' and 'features'; give one of them")
+    if not has_tokens and not has_features:
+        raise fail(f"missing field 'tokens' or 'features'; each line needs one of them, e.g. {example}")
+    kind = "tokens" if has_tokens else "features"
+    if seen.kind is None:
+        seen.kind, seen.kind_line = kind, lineno
+    elif kind != seen.kind:
+        raise fail(f"uses '{kind}' but line {seen.kind_line} uses '{seen.kind}'; all lines of a file must use one")
+    if kind == "tokens":
+        tokens = _tokens(obj["tokens"], fail)
+        tokens = [t.lower() for t in tokens] if lowercase else tokens
+        return tokens, None, len(tokens), kind
+    expected = (seen.width, f"line {seen.width_line}") if seen.width is not None else None
+    features = _features(obj["features"], text, fail, expected)
+    if seen.width is None:
+        seen.width, seen.width_line = features.shape[1], lineno
+    return None, features, features.shape[0], kind
+
+
+def _target(obj: dict, task: str, length: int, kind: str, seen: _Seen, lineno: int, require_target: bool, fail):
+    """The task's target field checked against the input, or None when it may be left out."""
+    field_name = TARGET_FIELD[task]
+    value = obj.get(field_name)
+    if value is None:
+        if require_target:
+            what = "null" if field_name in obj else "missing"
+            raise fail(
+                f"{what} field '{field_name}': {task} data needs one on every line (only inference input may "
+                f"leave it out), e.g. {EXAMPLE_LINE[task]}"
+            )
+        return None
+    if task == "classify":
+        return _label(value, fail)
+    if task == "tag":
+        return _tags(value, length, kind, fail)
+    return _regress_target(value, length, seen, lineno, fail)
 
 
 def _tokens(value: Any, fail) -> list[str]:

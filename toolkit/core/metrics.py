@@ -1,4 +1,5 @@
 """Task metrics as streaming accumulators over NumPy arrays (no torch: the inference runtime reuses them).
+Which task uses which is in `toolkit.core.tasks`.
 
 Each accumulator takes one batch at a time through `update(...)` and reports at the end through
 `compute()`, a dict of Python floats:
@@ -32,15 +33,11 @@ __all__ = [
     "RegressMetrics",
     "bio_spans",
     "is_bio",
-    "metrics_for",
-    "default_monitor",
-    "DEFAULT_MONITOR",
     "metric_mode",
     "better",
 ]
 
 NAN = float("nan")
-TASKS = ("classify", "tag", "lm", "regress")
 LEVELS = ("char", "word")
 _CHUNK_PREFIXES = frozenset("BIES")  # B-/I- (BIO, IOB1, IOB2) and E-/S- (BIOES, IOBES)
 
@@ -48,6 +45,13 @@ _CHUNK_PREFIXES = frozenset("BIES")  # B-/I- (BIO, IOB1, IOB2) and E-/S- (BIOES,
 def _ratio(num: float, den: float) -> float:
     """num / den as a Python float; nan when den is 0 (nothing seen), without warnings."""
     return float(num) / float(den) if den else NAN
+
+
+def _count(value, what: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"{what} must be >= 0, got {count}")
+    return count
 
 
 def _as_ids(values, name: str) -> np.ndarray:
@@ -82,11 +86,8 @@ class BaseMetrics:
 
     def add_loss(self, loss_sum: float, count: int) -> None:
         """Add a summed loss over `count` items; compute() then reports "loss" = total / count."""
-        count = int(count)
-        if count < 0:
-            raise ValueError(f"add_loss: count must be >= 0, got {count}")
+        self._loss_count += _count(count, "add_loss: count")
         self._loss_sum += float(loss_sum)
-        self._loss_count += count
         self._has_loss = True
 
     def compute(self) -> dict[str, float]:
@@ -295,11 +296,8 @@ class LMMetrics(BaseMetrics):
         self.num_tokens = 0
 
     def update(self, total_nll_nats: float, num_tokens: int) -> None:
-        num_tokens = int(num_tokens)
-        if num_tokens < 0:
-            raise ValueError(f"LMMetrics.update: num_tokens must be >= 0, got {num_tokens}")
+        self.num_tokens += _count(num_tokens, "LMMetrics.update: num_tokens")
         self.total_nll += float(total_nll_nats)
-        self.num_tokens += num_tokens
 
     def _compute(self) -> dict[str, float]:
         ce = _ratio(self.total_nll, self.num_tokens)
@@ -354,33 +352,7 @@ class RegressMetrics(BaseMetrics):
         return {"mae": _ratio(self.abs_sum, self.count), "rmse": math.sqrt(mse) if mse == mse else NAN}
 
 
-# ---------------------------------------------------------------------------------- factory & monitor
-
-
-def metrics_for(task: str, labels: Sequence[str] | None, level: str = "char") -> BaseMetrics:
-    """The accumulator of a task: classify -> ClassifyMetrics(len(labels)), tag -> TagMetrics(labels),
-    lm -> LMMetrics(level), regress -> RegressMetrics()."""
-    if task in ("classify", "tag") and labels is None:
-        raise ValueError(f"metrics_for: task {task!r} needs its labels")
-    if task == "classify":
-        return ClassifyMetrics(len(labels))
-    if task == "tag":
-        return TagMetrics(labels)
-    if task == "lm":
-        return LMMetrics(level)
-    if task == "regress":
-        return RegressMetrics()
-    raise ValueError(f"metrics_for: unknown task {task!r}; expected one of {TASKS}")
-
-
-# Per task: (metric, mode) to select and stop on. For tag this is the BIO case; without a chunk tag
-# set default_monitor falls back to ("accuracy", "max").
-DEFAULT_MONITOR: dict[str, tuple[str, str]] = {
-    "classify": ("accuracy", "max"),
-    "tag": ("span_f1", "max"),
-    "lm": ("cross_entropy", "min"),
-    "regress": ("rmse", "min"),
-}
+# ---------------------------------------------------------------------------------- modes
 
 # Whether lower ("min") or higher ("max") is better, for every metric these accumulators report.
 _MODES = {
@@ -397,15 +369,6 @@ _MODES = {
     "span_precision": "max",
     "span_recall": "max",
 }
-
-
-def default_monitor(task: str, labels: Sequence[str] | None) -> tuple[str, str]:
-    """(metric name, "max" | "min") to select the best epoch on, by task."""
-    if task not in DEFAULT_MONITOR:
-        raise ValueError(f"default_monitor: unknown task {task!r}; expected one of {TASKS}")
-    if task == "tag" and not is_bio(labels or ()):
-        return "accuracy", "max"
-    return DEFAULT_MONITOR[task]
 
 
 def metric_mode(name: str) -> str:

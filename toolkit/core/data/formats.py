@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.data.conll import read_conll
-from toolkit.data.csv_series import read_csv_series
-from toolkit.data.jsonl import read_jsonl
-from toolkit.data.records import Records
-from toolkit.data.text import read_text_records
-from toolkit.data.ts import read_ts
-from toolkit.errors import ConfigError, DataError
+from toolkit.core.data.conll import read_conll
+from toolkit.core.data.csv_series import read_csv_series
+from toolkit.core.data.jsonl import read_jsonl
+from toolkit.core.data.records import Records
+from toolkit.core.data.text import read_text_records
+from toolkit.core.data.ts import read_ts
+from toolkit.core.errors import ConfigError, DataError
+from toolkit.core.tasks import FORMATS, TASKS
 
 SUFFIX_FORMATS = {
     ".jsonl": "jsonl",
@@ -22,13 +23,6 @@ SUFFIX_FORMATS = {
     ".md": "text",
     ".csv": "csv",
     ".ts": "ts",
-}
-FORMATS = ("jsonl", "conll", "text", "csv", "ts")
-TASK_FORMATS = {
-    "classify": ("jsonl", "ts"),
-    "tag": ("jsonl", "conll"),
-    "lm": ("text",),
-    "regress": ("jsonl", "csv", "ts"),
 }
 ACCEPTED_SUFFIXES = (
     ".jsonl/.json (jsonl), .conll/.bio/.iob (conll), .txt/.md or a directory (text), .csv (csv), .ts (ts)"
@@ -55,11 +49,11 @@ def resolve_format(path: str | Path, fmt: str = "auto", task: str | None = None)
                     path=str(path),
                 )
     if task is not None:
-        if task not in TASK_FORMATS:
-            raise ConfigError(f"task must be one of {', '.join(TASK_FORMATS)}; got {task!r}")
-        if fmt not in TASK_FORMATS[task]:
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        if fmt not in TASKS[task].formats:
             raise ConfigError(
-                f"{path}: task {task} cannot read {fmt} data; it reads {', '.join(TASK_FORMATS[task])} "
+                f"{path}: task {task} cannot read {fmt} data; it reads {', '.join(TASKS[task].formats)} "
                 f"(accepted suffixes: {ACCEPTED_SUFFIXES})"
             )
     return fmt

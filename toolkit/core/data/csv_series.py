@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data.files import read_text
-from toolkit.data.records import Record, Records, preview
-from toolkit.errors import DataError
+from toolkit.core.data.files import read_text
+from toolkit.core.data.records import Record, Records, preview
+from toolkit.core.errors import DataError
 
 
 def _number(text: str) -> float | None:

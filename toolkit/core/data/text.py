@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.data.files import read_text, text_files
-from toolkit.data.records import Record, Records
-from toolkit.data.vocab import EOS
-from toolkit.errors import DataError
+from toolkit.core.data.files import read_text, text_files
+from toolkit.core.data.records import Record, Records
+from toolkit.core.data.vocab import EOS
+from toolkit.core.errors import DataError
 
 LEVELS = ("char", "word")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import DataError
+from toolkit.core.errors import DataError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)

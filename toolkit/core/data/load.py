@@ -6,14 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.config import Config
-from toolkit.data.encode import build_specs, encode_examples, encode_stream, label_universe
-from toolkit.data.formats import read_records
-from toolkit.data.records import Records, preview
-from toolkit.data.split import split_sequences, split_stream
-from toolkit.data.types import InputSpec, OutputSpec, Prepared, SequenceDataset, StreamDataset
-from toolkit.data.vocab import UNK_ID
-from toolkit.errors import ConfigError, DataError
+from toolkit.core import tasks
+from toolkit.core.config import Config
+from toolkit.core.data.encode import build_specs, encode_examples, encode_stream, label_universe
+from toolkit.core.data.formats import read_records
+from toolkit.core.data.records import Records, preview
+from toolkit.core.data.split import split_sequences, split_stream
+from toolkit.core.data.types import InputSpec, OutputSpec, Prepared, SequenceDataset, StreamDataset
+from toolkit.core.data.vocab import UNK_ID
+from toolkit.core.errors import ConfigError, DataError
 
 
 def encode_records(
@@ -58,7 +59,7 @@ def load_data(config: Config) -> Prepared:
     read = {"level": d.level, "lowercase": d.lowercase}
     records = read_records(d.data, task, d.format, True, **read)
     notes = list(records.notes)
-    labels = label_universe(records) if task in ("classify", "tag") else None
+    labels = label_universe(records) if tasks.of(task).predicts == "labels" else None
 
     if d.val:
         val_records = read_records(d.val, task, d.format, True, **read)

@@ -39,5 +39,18 @@ def parse(text: str | bytes):
         raise JSONTextError(f"{what} (at column {e.colno})", bool(literal or beyond)) from None
 
 
+def check_format(doc, where: str, fmt: str, version: int, what: str, error: type[Exception]) -> dict:
+    """A versioned rnnkit document (bundle manifest, checkpoint spec): a JSON object whose "format"
+    is `fmt` and "format_version" is `version`, or `error` saying which it is not."""
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise error(f"{where}: not an rnnkit {what} (format {got!r})")
+    if doc.get("format_version") != version:
+        raise error(
+            f"{where}: {what} format version {doc.get('format_version')!r}; this rnnkit reads version {version}"
+        )
+    return doc
+
+
 def _text(text: str | bytes, start: int, end: int) -> str:
     return text[start:end] if isinstance(text, str) else text[start:end].decode("latin-1")

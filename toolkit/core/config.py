@@ -19,17 +19,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ConfigError
+from toolkit.core import tasks
+from toolkit.core.errors import ConfigError
+from toolkit.core.metrics import LEVELS
 
-TASKS = ("classify", "tag", "lm", "regress")
+TASKS = tuple(tasks.TASKS)
 CELLS = ("rnn", "lstm", "gru")
 NONLINEARITIES = ("tanh", "relu")
 MERGES = ("concat", "sum")
-FORMATS = ("auto", "jsonl", "conll", "text", "csv", "ts")
-LEVELS = ("char", "word")
+FORMATS = ("auto", *tasks.FORMATS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
-DEVICES = ("auto", "cpu", "cuda")
+TRAIN_DEVICES = ("auto", "cpu", "cuda")  # torch's; the runtime has its own (toolkit.runtime.providers)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class TrainConfig:
         _positive("train.bptt", self.bptt)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.schedule", self.schedule, SCHEDULES)
-        _choice("train.device", self.device, DEVICES)
+        _choice("train.device", self.device, TRAIN_DEVICES)
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.clip is not None and not self.clip > 0:

@@ -9,9 +9,9 @@ A file of one column holds tokens only, accepted when no tags are required (infe
 
 from __future__ import annotations
 
-from toolkit.data.files import lines, read_text
-from toolkit.data.records import Record, Records
-from toolkit.errors import DataError
+from toolkit.core.data.files import lines, read_text
+from toolkit.core.data.records import Record, Records
+from toolkit.core.errors import DataError
 
 EXAMPLE = "'John B-PER' (token, then tag; columns separated by whitespace)"
 

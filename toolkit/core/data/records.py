@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import DataError
+from toolkit.core.errors import DataError
 
 STREAM_FORMATS = ("text", "csv")
 
