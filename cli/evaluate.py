@@ -7,7 +7,7 @@ import json
 import click
 
 from cli.main import user_errors
-from toolkit.core.config import TRAIN_DEVICES
+from toolkit.core.devices import TRAIN_DEVICES
 
 
 @click.command()

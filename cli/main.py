@@ -9,6 +9,7 @@ import sys
 import click
 
 from cli.lazy import LazyGroup
+from toolkit.core.devices import RUNTIME_DEVICES
 
 
 @click.group(
@@ -55,7 +56,7 @@ def engine_options(fn):
         [
             click.option(
                 "--device",
-                type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+                type=click.Choice(RUNTIME_DEVICES),
                 default="auto",
                 show_default=True,
                 help="Execution provider; auto takes CUDA only where it works and says which runs.",

@@ -8,7 +8,8 @@ import sys
 import click
 
 from cli.main import user_errors
-from toolkit.core.config import CELLS, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, TRAIN_DEVICES, Config
+from toolkit.core.config import CELLS, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, Config
+from toolkit.core.devices import TRAIN_DEVICES
 
 
 def _choice(values):

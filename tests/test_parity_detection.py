@@ -162,22 +162,26 @@ def test_pooled_step_off_by_one_is_refused(tmp_path):
     assert_refused(trained_run(tmp_path, "classify", "gru"), off_by_one, "batch 2 length 2")
 
 
+def lengths_one_shorter(graph, _name):
+    """The recurrent ops told each sequence is one step shorter (at least 1)."""
+    nodes = list(graph.graph.node)
+    cast = next((i for i, n in enumerate(nodes) if n.output[0] == "sequence_lens"), None)
+    if cast is None:  # step.onnx has no lengths
+        return
+    graph.graph.initializer.append(numpy_helper.from_array(np.asarray([1], dtype=np.int64), "bug.one"))
+    extra = [
+        helper.make_node("Sub", ["lengths", "bug.one"], ["bug.minus_one"]),
+        helper.make_node("Max", ["bug.minus_one", "bug.one"], ["bug.lengths"]),
+    ]
+    nodes[cast].input[0] = "bug.lengths"
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes[:cast] + extra + nodes[cast:])
+
+
 def test_sequence_lens_off_by_one_is_refused(tmp_path):
     """A bidirectional classifier told each sequence is one step shorter (at least 1)."""
-
-    def shorter(graph, _name):
-        nodes = list(graph.graph.node)
-        cast = next(i for i, n in enumerate(nodes) if n.output[0] == "sequence_lens")
-        graph.graph.initializer.append(numpy_helper.from_array(np.asarray([1], dtype=np.int64), "bug.one"))
-        extra = [
-            helper.make_node("Sub", ["lengths", "bug.one"], ["bug.minus_one"]),
-            helper.make_node("Max", ["bug.minus_one", "bug.one"], ["bug.lengths"]),
-        ]
-        nodes[cast].input[0] = "bug.lengths"
-        del graph.graph.node[:]
-        graph.graph.node.extend(nodes[:cast] + extra + nodes[cast:])
-
-    assert_refused(trained_run(tmp_path, "classify", "lstm", bidirectional=True), shorter, "batch 2 length 2")
+    run = trained_run(tmp_path, "classify", "lstm", bidirectional=True)
+    assert_refused(run, lengths_one_shorter, "batch 2 length 2")
 
 
 def test_step_graph_not_carrying_c_is_refused(tmp_path):
@@ -246,3 +250,59 @@ def test_head_bias_dropped_is_refused(tmp_path):
         set_initializer(graph, "head.bias", np.zeros_like(initializer(graph, "head.bias")))
 
     assert_refused(trained_run(tmp_path, "classify", "rnn"), drop_bias, "batch 1 length 1")
+
+
+def broken_bundle(run: Path, out: Path, edit: Break) -> Path:
+    """The run exported to `out` with `edit` applied to each of its graphs and the manifest's
+    hashes and sizes made to match (so only the computation can give it away)."""
+    export(run, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    for name in manifest["graphs"]:
+        graph = onnx.load_model(out / name)
+        edit(graph, name)
+        data = graph.SerializeToString()
+        (out / name).write_bytes(data)
+        manifest["graphs"][name].update(sha256=sha256(data), bytes=len(data))
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+def flip_linear_before_reset(graph, _name):
+    for node in recurrent_nodes(graph):
+        for a in node.attribute:
+            if a.name == "linear_before_reset":
+                a.i = 1 - a.i
+
+
+def pool_one_step_early(graph, name):
+    if name == "model.onnx":
+        set_initializer(graph, "one", np.asarray(2, dtype=np.int64))
+
+
+@pytest.mark.parametrize(
+    "task, cell, bidirectional, edit, caught_by",
+    [
+        ("tag", "gru", False, flip_linear_before_reset, "batch 1 length 1"),
+        ("classify", "gru", False, pool_one_step_early, "batch 2 length 2"),
+        ("classify", "lstm", True, lengths_one_shorter, "batch 2 length 2"),
+    ],
+    ids=["gru-reset-flipped-in-both-graphs", "pooled-step-off-by-one", "sequence-lens-off-by-one"],
+)
+def test_verify_without_torch_refuses_graphs_that_do_not_compute_the_equations(
+    tmp_path, task, cell, bidirectional, edit, caught_by
+):
+    """`rnnkit verify` with no checkpoint recomputes model.onnx with the NumPy oracle in float64
+    from the graph's own weights. Breaks made consistently in both graphs (which agree with each
+    other, so comparing the graphs with each other cannot see them) are refused; the intact bundle
+    passes on the same seed."""
+    run = trained_run(tmp_path, task, cell, bidirectional=bidirectional)
+    export(run, tmp_path / "intact")
+    bad = broken_bundle(run, tmp_path / "broken", edit)
+    seed = parity.fresh_seed(None)
+    intact, report = verify(tmp_path / "intact", seed=seed), verify(bad, seed=seed)
+    print(f"seed {seed}: intact worst margin {intact.summary()['worst_margin']:.3f}")
+    for c in report.failures:
+        print(f"  {c.name:<44} {c.graph:<10} vs {c.reference}: margin {c.margin:9.2f}")
+    assert intact.passed, [(c.name, c.margin) for c in intact.failures]
+    assert not report.passed and any(caught_by in c.name for c in report.failures)
+    assert all(c.reference == "NumPy oracle fp64" for c in report.failures if c.name != "padded batch vs one at a time")

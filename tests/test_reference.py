@@ -1,4 +1,4 @@
-"""The NumPy oracle (tests.oracle) against three independent implementations:
+"""The NumPy oracle (toolkit.export.oracle) against three independent implementations:
 
 1. torch.nn.RNN/LSTM/GRU with random weights, packed variable-length batches, nonzero initial
    states, single layers and multi-layer (bidirectional) stacks, in float64 and float32;
@@ -29,7 +29,7 @@ import torch
 from onnx import numpy_helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from tests import oracle as ref
+from toolkit.export import oracle as ref
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -433,7 +433,7 @@ def test_onnx_converters_roundtrip(cell):
 
 def test_reference_does_not_import_torch_or_onnx():
     code = (
-        "import sys; import tests.oracle; "
+        "import sys; import toolkit.export.oracle; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime')); "
         "print('heavy modules loaded:', bad); sys.exit(1 if bad else 0)"
     )

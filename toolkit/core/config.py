@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.core import tasks
+from toolkit.core.devices import TRAIN_DEVICES
 from toolkit.core.errors import ConfigError
 from toolkit.core.metrics import LEVELS
 
@@ -30,7 +31,6 @@ MERGES = ("concat", "sum")
 FORMATS = ("auto", *tasks.FORMATS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
-TRAIN_DEVICES = ("auto", "cpu", "cuda")  # torch's; the runtime has its own (toolkit.runtime.providers)
 
 
 @dataclass

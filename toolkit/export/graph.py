@@ -4,9 +4,9 @@ Why by hand rather than torch.onnx: each recurrent layer becomes one native ONNX
 operator (what ONNX Runtime runs fastest) with `sequence_lens` for padded batches, time-major
 `layout=0` (onnxruntime rejects layout=1) and GRU `linear_before_reset=1` (what torch computes);
 the batch and time axes are symbolic by construction. torch.onnx cannot export
-pack_padded_sequence, and its dynamo path has frozen the time axis of nn.RNN and mis-set the GRU
-reset (FIELD-NOTES). Parity tests (tests/test_export_graph.py) prove the graphs compute what
-torch computes.
+pack_padded_sequence, and its dynamo path froze the time axis of nn.RNN and mis-set the GRU
+reset (torch 2.x, checked when this exporter was chosen). Parity tests
+(tests/test_export_graph.py) prove the graphs compute what torch computes.
 
 Two graphs (names of inputs and outputs are the bundle's contract with the runtime):
 
@@ -31,7 +31,8 @@ initial states sliced from `h`/`c`):
     -> per layer i: RNN|LSTM|GRU(W, R, B, sequence_lens=Cast(lengths, int32)) -> Y [T, D, B, H]
        -> Squeeze (one direction) | Transpose+Reshape [T, B, 2H] (concat) | ReduceSum (sum)
        -> Add(layer input) when residual and i > 0
-    -> per-step head: Transpose -> [B, T, W] -> MatMul + Add (-> Mul(std) + Add(mean) for regress)
+    -> per-step head: Transpose -> [B, T, W] -> MatMul + Add (for regress, the target scale
+       (x W + b) * std + mean is folded into W and b)
     -> per-sequence head: pooled = GatherND(top output, max(lengths-1, 0), batch_dims=1) (one direction)
        or the top node's Y_h, directions concatenated or summed (two) -> MatMul + Add (...)
 

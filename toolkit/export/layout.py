@@ -91,3 +91,7 @@ def gru_to_onnx(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
 def rnn_to_onnx(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     """torch RNN -> ONNX: returns (W, R, B) for one direction (no leading direction axis)."""
     return _to_onnx("rnn", weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+#: ONNX (W, R, B) -> torch (weight_ih, weight_hh, bias_ih, bias_hh), by cell.
+FROM_ONNX = {"lstm": lstm_from_onnx, "gru": gru_from_onnx, "rnn": rnn_from_onnx}

@@ -1,7 +1,7 @@
 """The parity certificate: ONNX Runtime against a float64 reference on fresh random inputs, each
 case held to a budget derived from what float32 itself does on that model and that input.
 
-Cases (DESIGN.md, "Parity"): batch sizes 1, 2, 7, 32; lengths 1, 2, 17 and a long one; padded
+Cases (README, "Parity budget"): batch sizes 1, 2, 7, 32; lengths 1, 2, 17 and a long one; padded
 batches of mixed lengths; the user's sample file when given; and, for unidirectional models, a
 long stream fed through step.onnx in chunks of 1, 3, 64 and random sizes, outputs and final
 state. Only real positions are compared (padding is undefined by contract).
@@ -39,6 +39,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from toolkit.core.data.batching import pad
+from toolkit.export import oracle
 from toolkit.runtime.providers import make_session
 
 LONG = 512
@@ -76,7 +77,7 @@ FP32 = Rule()
 class Case:
     name: str
     graph: str  # "model.onnx" or "step.onnx"
-    reference: str  # "torch-fp64"; torch-free verify: "model.onnx", or "step.onnx in one call"
+    reference: str  # "torch-fp64"; torch-free verify: "NumPy oracle fp64"; the padding case: "model.onnx"
     provider: str
     shapes: dict
     max_abs: float
@@ -178,7 +179,7 @@ class Reference:
     """What ONNX Runtime's outputs are compared with. `outputs(x, lengths)` -> (the reference's
     outputs, the noise runs' outputs); `state(x)` -> (final state per name, one such dict per
     noise run) after the whole of x from zeros. Implemented with torch in the exporter
-    (`TorchReference`) and, without torch, on model.onnx / step.onnx (`OnnxReference`)."""
+    (`TorchReference`) and, without torch, by the NumPy oracle (`OracleReference`)."""
 
     name = "reference"
 
@@ -207,36 +208,33 @@ def perturbed_weights(weights: dict[str, np.ndarray], rng: np.random.Generator, 
     return out
 
 
-def perturbed_graph(blob: bytes, rng: np.random.Generator) -> bytes:
-    """The graph with every float32 initializer moved by about one ulp (`perturbed_weights`)."""
-    model = onnx.load_model_from_string(blob)
-    for init in model.graph.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT:
-            array = perturbed_weights({init.name: numpy_helper.to_array(init)}, rng)[init.name]
-            init.CopyFrom(numpy_helper.from_array(array, init.name))
-    return model.SerializeToString()
+class OracleReference(Reference):
+    """Torch-free reference for `rnnkit verify` without a checkpoint: the NumPy oracle in float64
+    (`oracle.GraphModel`, the textbook equations) with the weights read back from model.onnx. The
+    noise runs are the oracle in float32, as stored and with every weight moved by about one ulp:
+    independent of the graphs under test, as torch's float32 runs are for the certificate. It
+    proves the graphs compute the equations with their own weights (the certificate with the
+    checkpoint proves those weights are the trained ones)."""
 
+    name = "NumPy oracle fp64"
 
-class OnnxReference(Reference):
-    """Torch-free reference for `rnnkit verify` without a checkpoint: model.onnx (outputs) and
-    step.onnx in one call over the whole input (state), with perturbed-weight copies of each as
-    the noise runs. It checks that the graphs agree with each other, not with torch."""
-
-    def __init__(self, blobs: dict[str, bytes], provider: str, rng: np.random.Generator, rule: Rule = FP32):
-        runs = rule.noise_runs - 1  # no second float32 implementation here: perturbed copies only
-        self.full = session(blobs["model.onnx"], provider)
-        self.full_noisy = [session(perturbed_graph(blobs["model.onnx"], rng), provider) for _ in range(runs)]
-        self.step = self.step_noisy = None  # a bidirectional bundle has no step graph
-        if "step.onnx" in blobs:
-            self.step = session(blobs["step.onnx"], provider)
-            self.step_noisy = [session(perturbed_graph(blobs["step.onnx"], rng), provider) for _ in range(runs)]
-        self.name = "model.onnx"
+    def __init__(self, blobs: dict[str, bytes], manifest: dict, rng: np.random.Generator, rule: Rule = FP32):
+        graph = onnx.load_model_from_string(blobs["model.onnx"])
+        weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
+        tokens = manifest["input"]["kind"] == "tokens"
+        model, per_step = manifest["model"], manifest["output"]["per_step"]
+        copies = [weights] + [perturbed_weights(weights, rng, rule.eps) for _ in range(rule.noise_runs - 1)]
+        try:
+            self.model = oracle.GraphModel(weights, model, tokens, per_step)
+            self.fp32 = [oracle.GraphModel(w, model, tokens, per_step, np.float32) for w in copies]
+        except KeyError as e:
+            raise ValueError(f"model.onnx is not a graph rnnkit writes: {e.args[0]}") from None
 
     def outputs(self, x, lengths):
-        return run_full(self.full, x, lengths), [run_full(s, x, lengths) for s in self.full_noisy]
+        return self.model.outputs(x, lengths), [m.outputs(x, lengths) for m in self.fp32]
 
     def state(self, x):
-        return run_step(self.step, x, None)[1], [run_step(s, x, None)[1] for s in self.step_noisy]
+        return self.model.final_state(x), [m.final_state(x) for m in self.fp32]
 
 
 class InputMaker:
@@ -274,7 +272,7 @@ def real_positions(y: np.ndarray, lengths: np.ndarray, per_step: bool) -> np.nda
 
 def session(path_or_bytes, provider: str, threads: int | None = None) -> ort.InferenceSession:
     """A session on exactly `provider` (CPUExecutionProvider or CUDAExecutionProvider), TF32 off:
-    with it an fp32 LSTM drifts 3e-5 from float64 (FIELD-NOTES), which is TF32's precision, not
+    with it an fp32 LSTM drifts 3e-5 from float64 (measured on an H100), which is TF32's precision, not
     float32's, and the noise runs (float32 on the CPU) do not have it."""
     device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
     return make_session(path_or_bytes, device, threads, tf32=False)
@@ -357,9 +355,10 @@ def stream_cases(
             # and so its floor, is its own.
             state_noise = noise([r[key] for r in state_runs], value)
             shapes_s = {**shapes, "state": key, "shape": list(value.shape)}
-            ref = "step.onnx in one call" if isinstance(reference, OnnxReference) else reference.name
             name = f"{label}, final {key}"
-            cases.append(compare(name, "step.onnx", ref, provider, shapes_s, state[key], value, state_noise, rule))
+            cases.append(
+                compare(name, "step.onnx", reference.name, provider, shapes_s, state[key], value, state_noise, rule)
+            )
     return cases
 
 

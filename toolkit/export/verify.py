@@ -1,10 +1,10 @@
 """`rnnkit verify`: re-check a bundle on its own (and against its checkpoint when given).
 
-Without a checkpoint no torch is needed: the manifest's format and hashes, the onnx checker,
-a padded batch against its sequences one at a time, and step.onnx against model.onnx on a fresh
-long stream (the state reference is step.onnx run over the whole stream in one call); the noise
-runs are the same graphs with every weight moved by about one ulp. With the checkpoint, the
-full torch-vs-ONNX certificate.
+Without a checkpoint no torch is needed: the manifest's format and hashes, the onnx checker, and
+model.onnx and step.onnx against the NumPy oracle in float64 with the graph's own weights (the
+textbook equations: `oracle.GraphModel`) on the certificate's batches, padding and streams; the
+noise runs are the graphs with every weight moved by about one ulp. With the checkpoint, the
+full torch-vs-ONNX certificate (which also proves the weights are the trained ones).
 """
 
 from __future__ import annotations
@@ -40,24 +40,24 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
 
         model = load_model(checkpoint)[0]
         return certify(model, blobs, manifest["input"], manifest["output"]["per_step"], seed)
+    if "step.onnx" not in blobs and not manifest["model"]["bidirectional"]:
+        raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
     rng = np.random.default_rng(seed)
     make_inputs = parity.InputMaker(manifest["input"], rng)
     provider = "CPUExecutionProvider"
-    reference = parity.OnnxReference(blobs, provider, rng)
-    full = reference.full
-
-    def run_full(x, lens):
-        return parity.run_full(full, x, lens)
-
+    try:
+        reference = parity.OracleReference(blobs, manifest, rng)
+    except ValueError as e:
+        raise BundleError(f"{bundle}: {e}") from None
+    full = parity.session(blobs["model.onnx"], provider)
+    run_full = lambda x, lens: parity.run_full(full, x, lens)  # noqa: E731
     per_step = manifest["output"]["per_step"]
-    cases = [parity.padding_case(run_full, reference, make_inputs, per_step, provider)]
-    if reference.step is not None:
-        step = reference.step
-        cases += parity.stream_cases(
-            lambda chunk, state: parity.run_step(step, chunk, state), reference, make_inputs, per_step, provider, rng
-        )
-    elif not manifest["model"]["bidirectional"]:
-        raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
+    cases = parity.full_cases(run_full, reference, make_inputs, per_step, provider)
+    cases.append(parity.padding_case(run_full, reference, make_inputs, per_step, provider))
+    if "step.onnx" in blobs:
+        step = parity.session(blobs["step.onnx"], provider)
+        run_step = lambda chunk, state: parity.run_step(step, chunk, state)  # noqa: E731
+        cases += parity.stream_cases(run_step, reference, make_inputs, per_step, provider, rng)
     return parity.Report(seed=seed, rule=parity.FP32, cases=cases)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import onnxruntime as ort
 
+from toolkit.core.devices import RUNTIME_DEVICES as DEVICES
 from toolkit.core.errors import RnnkitError
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 CPU = PROVIDER["cpu"]
 

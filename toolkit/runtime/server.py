@@ -17,7 +17,10 @@ connection's messages from 1. A refusal never touches the state of any stream. N
 {"stream", "evicted": true, "reason", "steps"} and, on shutdown, {"stream", "closed": true,
 "reason", "steps"} before close code 1001.
 
-Runs ONNX Runtime, NumPy, Starlette/FastAPI and uvicorn only: no torch, no mlflow.
+This module holds the server-wide parts (settings, the Hub with the model and the batcher, the
+HTTP routes, uvicorn); one WebSocket's protocol is `toolkit.runtime.connection`, Host/Origin/
+token checks and timeouts `toolkit.runtime.guard`. ONNX Runtime, NumPy, Starlette/FastAPI and
+uvicorn only: no torch, no mlflow.
 """
 
 from __future__ import annotations
@@ -28,30 +31,25 @@ import logging
 import signal
 import sys
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 
-import orjson
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.websockets import WebSocketDisconnect
 
+from toolkit.core.versions import installed
+from toolkit.runtime.connection import Connection
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.guard import AUTHENTICATED, Guard, deny, with_request_deadline
 from toolkit.runtime.infer import result
-from toolkit.runtime.messages import Codec, Message, MessageError, control_reply, loads, unknown_stream
-from toolkit.runtime.scheduler import Job, Scheduler, ServedStream, TooManyStreams
+from toolkit.runtime.messages import Codec, MessageError, loads
+from toolkit.runtime.scheduler import Scheduler
 from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 
 log = logging.getLogger("rnnkit.serve")
-MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client must read its replies
-OUTBOX_BYTES = 8 * 2**20  # replies waiting to be sent on one connection before it stops reading
 FATAL_EXIT = 3  # the server stopped because it could not go on (see Hub._task_ended)
-EVICTED_MEMORY = 4096  # evicted stream names remembered per connection, to say so if they come back
 
 
 @dataclass
@@ -172,193 +170,6 @@ class Hub:
         }
 
 
-class Connection:
-    """One WebSocket: its streams, its replies in order, refusals for this connection only."""
-
-    def __init__(self, hub: Hub, ws: WebSocket):
-        self.hub, self.ws = hub, ws
-        self.streams: dict[str, ServedStream] = {}
-        self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
-        self.outbox: asyncio.Queue = asyncio.Queue()
-        self.outbox_bytes = 0  # of the replies in the outbox
-        self.sender: asyncio.Task | None = None
-        self.messages = 0
-        self.arrays = False  # the client sends array frames, so replies go out as arrays
-
-    async def serve(self) -> None:
-        hub = self.hub
-        hub.connections.add(self)
-        hub.telemetry.connections.inc()
-        self.sender = asyncio.create_task(self._send())
-        try:
-            while True:
-                while self.outbox_bytes > OUTBOX_BYTES and not self.sender.done():
-                    await asyncio.sleep(0.005)  # a client that does not read is not read
-                if self.sender.done():  # the client is gone (a send failed): end the connection
-                    break
-                if self.messages:
-                    message = await self.ws.receive()
-                else:  # a connection that never sends would hold its socket for good
-                    wait = hub.settings.first_message_timeout
-                    try:
-                        message = await asyncio.wait_for(self.ws.receive(), wait)
-                    except asyncio.TimeoutError:
-                        await self.ws.close(1008, f"no message within {wait:g} s of connecting")
-                        break
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                if text is None:
-                    self.messages += 1
-                    self.refuse(None, "binary frames are not accepted: send each message as a JSON text frame", 400)
-                else:
-                    counted = self.messages
-                    try:
-                        self.receive(text)
-                    except Exception:  # a bug must not take the connection's other streams with it
-                        self.messages = max(self.messages, counted + 1)
-                        log.exception("message %d on a connection", self.messages)
-                        self.refuse(None, "internal error on this message (logged by the server); not run", 500)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            hub.connections.discard(self)
-            hub.telemetry.connections.dec()
-            for stream in self.streams.values():
-                hub.scheduler.close(stream)
-            self.streams.clear()
-            if not hub.draining:  # else drain() lets the sender flush and close
-                self.sender.cancel()
-
-    def receive(self, text: str) -> None:
-        if text[:1] == "[":
-            return self.handle_frame(text)
-        self.messages += 1
-        try:
-            msg = self.hub.codec.parse(text)
-        except MessageError as e:
-            return self.refuse(e.stream, str(e), e.code)
-        self.handle(msg)
-
-    def handle_frame(self, text: str) -> None:
-        """An array of messages in one frame (a gateway multiplexing many streams): each is
-        handled as if it came alone, and from now on replies go out as arrays too."""
-        self.arrays = True
-        try:
-            items = loads(text)
-        except MessageError as e:
-            self.messages += 1
-            return self.refuse(None, str(e), e.code)
-        if not items:
-            self.messages += 1
-            return self.refuse(None, "an array frame must hold at least one message", 400)
-        for msg in self.hub.codec.messages(items):
-            self.messages += 1
-            if isinstance(msg, MessageError):
-                self.refuse(msg.stream, str(msg), msg.code)
-            else:
-                self.handle(msg)
-
-    def handle(self, msg: Message) -> None:
-        hub = self.hub
-        hub.telemetry.messages[msg.kind].inc()
-        name = msg.stream
-        if hub.draining:
-            return self.refuse(name, "the server is shutting down; this message was not run", 503)
-        stream = self.streams.get(name)
-        if stream is None:
-            if name in self.evicted:
-                if msg.kind == "chunk":
-                    return self.refuse(
-                        name,
-                        f"stream {name!r} was closed after {hub.settings.idle_timeout:g} s idle, at step "
-                        f'{self.evicted[name]}; its state is gone: send {{"stream": "{name}", "reset": true}} to '
-                        "start it again from the initial state",
-                        410,
-                    )
-                steps = self.evicted.pop(name)  # reset or end of an evicted stream: acknowledged
-                return self.send(control_reply(name, msg.kind, steps))
-            if msg.kind != "chunk":
-                return self.refuse(name, unknown_stream(name, msg.kind, " on this connection"), 404)
-            try:
-                stream = self.streams[name] = hub.scheduler.open(name)
-            except TooManyStreams:
-                return self.refuse(
-                    name,
-                    f"the server holds its limit of {hub.settings.max_streams} streams; end a stream or retry later",
-                    429,
-                )
-        if msg.kind == "chunk" and len(stream.pending) >= MAX_PENDING:
-            return self.refuse(name, f"stream {name!r} has {MAX_PENDING} chunks waiting; read their replies first", 429)
-        if msg.kind == "end":  # a chunk after the end opens a new stream of that name
-            del self.streams[name]
-        hub.scheduler.submit(stream, Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown))
-
-    def _done(self, stream: ServedStream, job: Job) -> None:
-        if job.error:
-            self.refuse(stream.name, job.error, job.code)
-        elif job.kind in ("reset", "end"):
-            self.send(control_reply(stream.name, job.kind, job.start))
-        else:
-            self.send(self.hub.codec.reply(stream.name, job.start, job.outputs, job.unknown))
-
-    def evict(self, stream: ServedStream, reason: str) -> None:
-        self.hub.scheduler.close(stream)
-        del self.streams[stream.name]
-        self.evicted[stream.name] = stream.steps
-        if len(self.evicted) > EVICTED_MEMORY:
-            self.evicted.popitem(last=False)
-        self.hub.telemetry.evictions.inc()
-        self.send({"stream": stream.name, "evicted": True, "reason": reason, "steps": stream.steps})
-
-    def shutdown(self, reason: str) -> None:
-        for stream in self.streams.values():
-            self.send({"stream": stream.name, "closed": True, "reason": reason, "steps": stream.steps})
-        self.outbox.put_nowait((1001, reason))
-
-    def refuse(self, stream: str | None, error: str, code: int) -> None:
-        self.hub.telemetry.errors.labels(str(code)).inc()
-        self.send({"message": self.messages, "stream": stream, "error": error, "code": code})
-
-    def send(self, obj: dict) -> None:
-        try:
-            text = orjson.dumps(obj).decode()
-        except (TypeError, orjson.JSONEncodeError):  # a bug upstream: say so rather than lose the reply
-            log.exception("a reply could not be encoded as JSON")
-            text = orjson.dumps(
-                {
-                    "message": self.messages,
-                    "stream": None,
-                    "error": "internal error: the reply could not be encoded",
-                    "code": 500,
-                }
-            ).decode()
-        self.outbox_bytes += len(text)
-        self.outbox.put_nowait(text)
-
-    async def _send(self) -> None:
-        """Replies in order; on a connection that sends array frames, whatever is ready goes out
-        as one array frame (all replies of a batch, typically)."""
-        outbox, ws = self.outbox, self.ws
-        with contextlib.suppress(Exception):  # the client went away: the receiving side ends the connection
-            while True:
-                ready = [await outbox.get()]
-                while not outbox.empty():
-                    ready.append(outbox.get_nowait())
-                self.outbox_bytes -= sum(len(item) for item in ready if isinstance(item, str))
-                close = next((item for item in ready if isinstance(item, tuple)), None)  # (code, reason)
-                if close:  # nothing after it goes out
-                    ready = ready[: ready.index(close)]
-                if self.arrays and ready:
-                    await ws.send_text("[" + ",".join(ready) + "]")
-                else:
-                    for text in ready:
-                        await ws.send_text(text)
-                if close:
-                    await ws.close(*close)
-                    return
-
-
 # ---- HTTP ------------------------------------------------------------------------------------------
 class InferRequest(BaseModel):
     sequences: list[list[str]] | list[list[list[float]]] = Field(
@@ -375,13 +186,6 @@ class InferResponse(BaseModel):
     provider: str
 
 
-def _package_version() -> str:
-    try:
-        return version("rnnkit")
-    except PackageNotFoundError:
-        return "0"
-
-
 def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
     hub = Hub(engine, settings, source)
 
@@ -393,7 +197,7 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
 
     app = FastAPI(
         title="rnnkit serve",
-        version=_package_version(),
+        version=installed("rnnkit") or "0",
         description=__doc__.split("\n\n")[0] + "\n\nWebSocket streams: `/v1/streams` (see the README).",
         lifespan=lifespan,
     )

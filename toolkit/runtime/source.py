@@ -36,7 +36,7 @@ from toolkit.core.errors import RegistryError, first_line
 from toolkit.core.mlflow_env import apply_defaults
 
 ARTIFACT = "bundle"  # the key of the bundle directory among a logged model's artifacts
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default (FIELD-NOTES)
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default
 FORMS = "a bundle directory, models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-<id> or runs:/RUN_ID/PATH"
 
 _VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")

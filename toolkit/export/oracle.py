@@ -20,8 +20,9 @@ ONNX's operators (LSTM, GRU, RNN) use other gate orders and one concatenated bia
 ``*_from_onnx`` / ``*_to_onnx`` converters of ``toolkit.export.layout`` (re-exported here) translate
 one direction's weights.
 
-It lives with the tests: the certificate of a bundle is torch (float64) against ONNX Runtime; this
-oracle checks both of those against the textbook equations.
+It is used twice: the tests check torch and ONNX Runtime's kernels against it, and `rnnkit verify`
+(no torch) recomputes a bundle's model.onnx with it in float64 (`GraphModel`, the weights read
+back from the graph), so a graph that does not compute the equations is refused on any machine.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 from toolkit.export.layout import (  # noqa: F401  (re-exported: the tests use them with the oracle)
+    FROM_ONNX,
     GATES,
     gru_from_onnx,
     gru_to_onnx,
@@ -322,3 +324,84 @@ def stacked(x, layers, cell, lengths=None, bidirectional=False, nonlinearity="ta
             layer_state["c"] = np.stack(cs)
         states.append(layer_state)
     return out, states
+
+
+# --------------------------------------------------------------------------------------------
+# A whole rnnkit model from its ONNX graph's weights
+# --------------------------------------------------------------------------------------------
+
+
+class GraphModel:
+    """An rnnkit model recomputed from the equations (in `dtype`) with the weights of its model.onnx,
+    named as `toolkit.export.graph` writes them: `embedding.weight` (tokens) or an optional
+    `feature_mean` (features centred in the graph; the rest of the normalisation is folded into
+    layer 0), `layer{i}.W/R/B` in ONNX layout [D, G*H, ...], `head.weight_t` [W, K] and
+    `head.bias` (the regression target scale folded in). `model` is the manifest's model section.
+    """
+
+    def __init__(self, weights: dict[str, np.ndarray], model: dict, tokens: bool, per_step: bool, dtype=np.float64):
+        missing = [n for n in self.names(model, tokens) if n not in weights]
+        if missing:
+            raise KeyError(f"the graph has no initializer {', '.join(missing)}")
+        self.w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items() if np.asarray(v).dtype.kind == "f"}
+        self.dtype = dtype
+        self.model, self.tokens, self.per_step = model, tokens, per_step
+        self.directions = 2 if model["bidirectional"] else 1
+
+    @staticmethod
+    def names(model: dict, tokens: bool) -> list[str]:
+        layers = [f"layer{i}.{n}" for i in range(model["num_layers"]) for n in "WRB"]
+        return (["embedding.weight"] if tokens else []) + layers + ["head.weight_t", "head.bias"]
+
+    def outputs(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """What model.onnx returns for x [B, T(, F)] with `lengths`: [B, T, K] or [B, K]."""
+        top, finals = self._encode(x, lengths)
+        if self.per_step:
+            pooled = top
+        elif self.directions == 2:  # the top layer's final states: forward at the end, backward at step 0
+            h = finals[-1]["h"]
+            pooled = h.sum(axis=0) if self.model["merge"] == "sum" else np.concatenate([h[0], h[1]], axis=-1)
+        else:  # the top output (residual included) at each sequence's last real step
+            pooled = top[np.arange(len(lengths)), np.asarray(lengths) - 1]
+        return pooled @ self.w["head.weight_t"] + self.w["head.bias"]
+
+    def final_state(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The state step.onnx returns after all of x from zeros: {"h": [L, B, H]} (+ "c")."""
+        _, finals = self._encode(x, None)
+        return {name: np.concatenate([f[name] for f in finals], axis=0) for name in finals[0]}
+
+    def _encode(self, x, lengths):
+        cell, m = self.model["cell"], self.model
+        if self.tokens:
+            h = self.w["embedding.weight"][np.asarray(x)]
+        else:
+            h = np.asarray(x, dtype=self.dtype) - self.w.get("feature_mean", self.dtype(0))
+        finals = []
+        for i in range(m["num_layers"]):
+            ys, hs, cs = [], [], []
+            for d in range(self.directions):
+                W, R, B = (self.w[f"layer{i}.{n}"][d] for n in "WRB")
+                weights = FROM_ONNX[cell](W, R, B)
+                if cell == "lstm":
+                    y, h_n, c_n = lstm_layer(h, *weights, lengths=lengths, reverse=d == 1)
+                    cs.append(c_n)
+                elif cell == "gru":
+                    y, h_n = gru_layer(h, *weights, lengths=lengths, reverse=d == 1)
+                else:
+                    nonlinearity = m.get("nonlinearity") or "tanh"
+                    y, h_n = rnn_layer(h, *weights, lengths=lengths, nonlinearity=nonlinearity, reverse=d == 1)
+                ys.append(y)
+                hs.append(h_n)
+            out = _merge(ys, m["merge"])
+            if m["residual"] and i > 0:
+                out = out + h
+            finals.append({"h": np.stack(hs), **({"c": np.stack(cs)} if cs else {})})
+            h = out
+        return h, finals
+
+
+def _merge(ys: list[np.ndarray], merge: str) -> np.ndarray:
+    """One direction's outputs as they are; two summed or concatenated (forward, backward)."""
+    if len(ys) == 1:
+        return ys[0]
+    return ys[0] + ys[1] if merge == "sum" else np.concatenate(ys, axis=-1)
