@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint image-test venv clean
 
 venv: $(STAMP)
 
@@ -25,10 +25,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The serving image built and run with podman (installed, with a Debian base image, by the script).
+image-test: $(STAMP)
+	bash deploy/image/podman-setup.sh
+	$(PY) -m pytest -q -m image tests/test_image.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint --failure-threshold style deploy/image/Containerfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs mlruns mlflow.db
