@@ -126,7 +126,8 @@ def test_a_mounted_bundle_and_token_secret_are_used_and_a_missing_bundle_is_a_cl
     secret = tmp_path / "token"
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
-    mounts = ["-v", f"{images['bundle']}:/models/bundle:ro", "-v", f"{secret}:/run/secrets/token:ro"]
+    # A read-only root (as deploy/k8s runs it) with a writable /tmp, the bundle and a token secret.
+    mounts = ["--read-only", "-v", f"{images['bundle']}:/models/bundle:ro", "-v", f"{secret}:/run/secrets/token:ro"]
     name = "rnnkit-image-mounted"
     address, _ = run(images["plain"], *mounts, "-e", "RNNKIT_SERVE_TOKEN_FILE=/run/secrets/token", name=name)
     try:
@@ -147,3 +148,52 @@ def test_the_image_runs_as_a_user_and_holds_no_torch_onnx_or_mlflow(images):
     out = podman("run", "--rm", "--entrypoint", "python3", images["plain"], "-c", code).stdout.split(maxsplit=1)
     print("uid and heavy packages in the image:", out)
     assert out[0] != "0" and out[1].strip() == "[]"
+
+
+def test_an_mlflow_image_serves_the_registry_champion_from_a_tracking_server_container(images, tmp_path):
+    """The compose stack's two rnnkit containers, as far as this machine allows (no PostgreSQL
+    image to pull: the tracking server uses SQLite here): the image built with MLFLOW=1 runs
+    `mlflow server` in one container and `rnnkit serve models:/NAME@champion` in another, on a
+    podman network; the model is trained and registered from the host through the server."""
+    from tests.helpers import rnnkit, toy_data
+
+    tag = TAG + "-mlflow"
+    seconds = build(tag, "--build-arg", "MLFLOW=1")
+    size = int(podman("image", "inspect", tag, "--format", "{{.Size}}").stdout.strip())
+    print(f"image with mlflow: built in {seconds:.0f} s, {size / 1e6:.0f} MB")
+    network, server, serve = "rnnkit-test-net", "rnnkit-test-mlflow", "rnnkit-test-serve"
+    podman("network", "rm", "-f", network, check=False)
+    podman("network", "create", network)
+    try:
+        mlflow_command = (
+            "exec mlflow server --host 0.0.0.0 --port 5000 --workers 1 --backend-store-uri sqlite:////tmp/m.db "
+            "--artifacts-destination /tmp/artifacts --serve-artifacts --allowed-hosts '*'"
+        )
+        entry = ["--entrypoint", "tini", tag, "--", "sh", "-c", mlflow_command]
+        port = free_port()
+        podman("rm", "-f", server, check=False)
+        podman("run", "-d", "--name", server, "--network", network, "-p", f"127.0.0.1:{port}:5000", *entry)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server: {podman('logs', server, check=False).stderr[-3000:]}")
+                time.sleep(0.5)
+        data = toy_data(tmp_path, "classify")["data"]
+        flags = ["--hidden-size", "8", "--embedding-dim", "8", "--epochs", "1", "--device", "cpu", "--no-progress"]
+        flags += ["--tracking-uri", f"http://127.0.0.1:{port}", "--register", "img", "--alias", "champion"]
+        trained = rnnkit("train", "--task", "classify", "--data", data, "--out", tmp_path / "run", *flags)
+        assert trained.returncode == 0, trained.stderr
+        env = ["-e", "RNNKIT_MODEL=models:/img@champion", "-e", "MLFLOW_TRACKING_URI=http://" + server + ":5000"]
+        address, ready = run(tag, "--network", network, *env, name=serve)
+        model = http(address, "/v1/model")[1]
+        print(f"serving {model['source']} {ready:.1f} s after start")
+        assert model["source"] == "models:/img@champion" and model["manifest"]["task"] == "classify"
+    finally:
+        for name in (serve, server):
+            podman("rm", "-f", name, check=False)
+        podman("network", "rm", "-f", network, check=False)
+        podman("rmi", "-f", tag, check=False)
