@@ -89,7 +89,7 @@ def _score_regress(metrics, y, targets, lengths=None):
         mask = np.isfinite(targets).all(-1)
         if lengths is not None:
             mask &= np.arange(y.shape[1])[None, :] < np.asarray(lengths)[:, None]
-    metrics.update(y, np.nan_to_num(targets), mask)
+    metrics.update(y, targets, mask)
 
 
 def _result_classify(y, names):

@@ -72,14 +72,7 @@ def certify(
     make_inputs = parity.InputMaker(input_dict, rng)
     cases = []
     for provider in _providers():
-        full = parity.session(blobs["model.onnx"], provider)
-        run_full = lambda x, lens, s=full: parity.run_full(s, x, lens)  # noqa: E731
-        cases += parity.full_cases(run_full, reference, make_inputs, per_step, provider, rule, sample)
-        cases.append(parity.padding_case(run_full, reference, make_inputs, per_step, provider, rule))
-        if "step.onnx" in blobs:
-            step = parity.session(blobs["step.onnx"], provider)
-            run_step = lambda chunk, state, s=step: parity.run_step(s, chunk, state)  # noqa: E731
-            cases += parity.stream_cases(run_step, reference, make_inputs, per_step, provider, rng, rule)
+        cases += parity.all_cases(blobs, reference, make_inputs, per_step, provider, rng, rule, sample)
     return parity.Report(seed=seed, rule=rule, cases=cases)
 
 

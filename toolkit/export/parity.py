@@ -362,6 +362,28 @@ def stream_cases(
     return cases
 
 
+def all_cases(
+    blobs: dict[str, bytes],
+    reference: Reference,
+    make_inputs,
+    per_step: bool,
+    provider: str,
+    rng: np.random.Generator,
+    rule: Rule = FP32,
+    sample=None,
+) -> list[Case]:
+    """The certificate's cases on one provider: model.onnx on the grid (and a sample), padding,
+    and step.onnx on streams when the bundle has one."""
+    full = session(blobs["model.onnx"], provider)
+    run = lambda x, lens: run_full(full, x, lens)  # noqa: E731
+    cases = full_cases(run, reference, make_inputs, per_step, provider, rule, sample)
+    cases.append(padding_case(run, reference, make_inputs, per_step, provider, rule))
+    if "step.onnx" in blobs:
+        step = session(blobs["step.onnx"], provider)
+        cases += stream_cases(lambda c, s: run_step(step, c, s), reference, make_inputs, per_step, provider, rng, rule)
+    return cases
+
+
 def padding_case(run_full, reference: Reference, make_inputs, per_step: bool, provider: str, rule: Rule = FP32) -> Case:
     """model.onnx on a padded batch of mixed lengths against each sequence run alone: padding
     must not change any real position's output, in either direction. Two float32 runs of the
