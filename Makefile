@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint image-test venv clean
+.PHONY: demo test lint image-test triton-test venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,12 @@ image-test: $(STAMP)
 	bash deploy/image/podman-setup.sh
 	$(PY) -m pytest -q -m image tests/test_image.py
 
+# A real Triton server (the nvidia-pytriton wheel's, CPU, Python backend) serving repositories
+# written by `rnnkit deploy triton`; the script sets it up in .venv-triton (about 15 s, once).
+triton-test: $(STAMP)
+	bash deploy/triton/setup-local.sh .venv-triton
+	RNNKIT_REQUIRE_TRITON=1 $(PY) -m pytest -q -m triton tests/test_triton_server.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -37,4 +43,4 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint --failure-threshold style deploy/image/Containerfile
 
 clean:
-	rm -rf $(VENV) .pytest_cache runs mlruns mlflow.db
+	rm -rf $(VENV) .venv-triton .pytest_cache runs mlruns mlflow.db

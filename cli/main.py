@@ -25,6 +25,7 @@ from toolkit.core.devices import RUNTIME_DEVICES
         "serve": ("cli.serve", "serve"),
         "register": ("cli.registry", "register"),
         "models": ("cli.registry", "models"),
+        "deploy": ("cli.deploy", "deploy"),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +202,22 @@ def make_model(task, cell="lstm", nonlinearity="tanh", bidirectional=False, toke
         out = OutputSpec(task, labels=["A", "B", "C"])
     torch.manual_seed(0)
     return SequenceModel(cfg, inp, out).double().eval()
+
+
+def in_process(argv: list) -> subprocess.CompletedProcess:
+    """`rnnkit ARGV` run by click's CliRunner in this process, as a CompletedProcess (an exception
+    that escapes the command shows as its traceback on stderr). The environment is restored after."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    saved = dict(os.environ)
+    try:
+        result = CliRunner().invoke(cli, [str(a) for a in argv], prog_name="rnnkit")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, stderr)

@@ -23,7 +23,6 @@ import random
 import signal
 import subprocess
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -348,27 +347,9 @@ def run_cases(cases: list[Case], base: Path) -> dict[str, tuple[subprocess.Compl
         dirs.append(d)
     argvs = [case.argv(d) for case, d in zip(cases, dirs, strict=True)]
     spawned = iter(rnnkit_many([argv for case, argv in zip(cases, argvs, strict=True) if case.process]))
-    results = [next(spawned) if case.process else in_process(argv) for case, argv in zip(cases, argvs, strict=True)]
+    pairs = zip(cases, argvs, strict=True)
+    results = [next(spawned) if case.process else helpers.in_process(argv) for case, argv in pairs]
     return {case.id: (proc, d) for case, proc, d in zip(cases, results, dirs, strict=True)}
-
-
-def in_process(argv: list) -> subprocess.CompletedProcess:
-    """`rnnkit ARGV` run by click's CliRunner in this process, as a CompletedProcess (an exception
-    that escapes the command shows as its traceback on stderr). The environment is restored after."""
-    from click.testing import CliRunner
-
-    from cli.main import cli
-
-    saved = dict(os.environ)
-    try:
-        result = CliRunner().invoke(cli, [str(a) for a in argv], prog_name="rnnkit")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(result.exception))
-    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture(scope="module")

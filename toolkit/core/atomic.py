@@ -8,6 +8,7 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,56 @@ def fsync_directory(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_tree(out: Path, files: dict[str, bytes], marker: str) -> bool:
+    """Write `files` (relative path -> bytes) as the directory `out`, replacing the tree that was
+    there in one step; False (nothing written) where `out` holds files but not `marker`, the file
+    that marks a tree this writer made (so a mistyped --out never replaces someone's directory).
+
+    The new tree is written and fsynced in a temporary sibling, then swapped with the old one in a
+    single rename (`exchange`). Where the filesystem cannot swap, the old tree is renamed to
+    `.OUT.old` first; a crash between that rename and the next leaves it there, and `recover_tree`
+    (called by every reader and writer) puts it back."""
+    recover_tree(out, marker)
+    shutil.rmtree(_old(out), ignore_errors=True)  # left by a replace stopped after its second rename
+    if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for name, data in files.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for folder in {(tmp / name).parent for name in files}:
+            fsync_directory(folder)
+        if not out.exists():
+            os.replace(tmp, out)
+        elif exchange(tmp, out):  # tmp now holds the old tree
+            pass
+        else:
+            old = _old(out)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            tmp = old
+        fsync_directory(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def recover_tree(out: Path, marker: str) -> None:
+    """Put back the tree a replace without atomic swap left at `.OUT.old` when it was stopped
+    between its two renames (OUT missing)."""
+    old = _old(out)
+    if not out.exists() and (old / marker).is_file():
+        os.replace(old, out)
+
+
+def _old(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")

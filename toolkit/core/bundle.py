@@ -12,13 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 from toolkit.core import manifest as schema
-from toolkit.core.atomic import exchange, fsync_directory
+from toolkit.core.atomic import recover_tree, replace_tree
 from toolkit.core.errors import RnnkitError
 from toolkit.core.jsontext import JSONTextError, check_format, parse
 
@@ -40,51 +38,15 @@ def sha256(data: bytes) -> str:
 
 
 def write_bundle(out: Path, files: dict[str, bytes]) -> None:
-    """Write `files` (name -> bytes) as the bundle directory `out`, atomically.
-
-    The new bundle is written and fsynced in a temporary sibling, then swapped with the old one in
-    a single rename (`renameat2` RENAME_EXCHANGE). Where the filesystem cannot swap, the old bundle
-    is renamed to `.OUT.old` first; a crash between that rename and the next leaves it there, and
-    `recover` (called by every reader and writer) puts it back."""
-    out = Path(out)
-    recover(out)
-    shutil.rmtree(_old(out), ignore_errors=True)  # left by a replace stopped after its second rename
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+    """Write `files` (name -> bytes) as the bundle directory `out`, atomically: an export killed
+    at any point leaves the old bundle or the new one at OUT (`toolkit.core.atomic.replace_tree`)."""
+    if not replace_tree(Path(out), files, MANIFEST):
         raise BundleError(f"{out} exists and is not an rnnkit bundle; choose an empty or new --out directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        fsync_directory(tmp)
-        if not out.exists():
-            os.replace(tmp, out)
-        elif exchange(tmp, out):  # tmp now holds the old bundle
-            pass
-        else:
-            old = _old(out)
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            tmp = old
-        fsync_directory(out.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _old(out: Path) -> Path:
-    return out.with_name(f".{out.name}.old")
 
 
 def recover(out: Path) -> None:
-    """Put back the bundle a replace without atomic swap left at `.OUT.old` when it was stopped
-    between its two renames (OUT missing)."""
-    old = _old(Path(out))
-    if not Path(out).exists() and (old / MANIFEST).is_file():
-        os.replace(old, out)
+    """Put back a bundle that a replace stopped between its two renames left at `.OUT.old`."""
+    recover_tree(Path(out), MANIFEST)
 
 
 def read_manifest(bundle: str | Path) -> dict:
