@@ -197,3 +197,27 @@ def test_an_mlflow_image_serves_the_registry_champion_from_a_tracking_server_con
             podman("rm", "-f", name, check=False)
         podman("network", "rm", "-f", network, check=False)
         podman("rmi", "-f", tag, check=False)
+
+
+def test_the_gpu_variant_builds_from_the_same_file_and_falls_back_to_the_cpu_without_a_gpu(images):
+    """ORT=onnxruntime-gpu (what a CUDA runtime base gets): built here on the Debian base, as no
+    CUDA base image can be pulled; its onnxruntime has the CUDA provider, and with no GPU the
+    server says so and serves on the CPU (`--device auto`)."""
+    tag = TAG + "-gpu"
+    seconds = build(tag, "--build-arg", "ORT=onnxruntime-gpu")
+    try:
+        size = int(podman("image", "inspect", tag, "--format", "{{.Size}}").stdout.strip())
+        code = "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
+        providers = podman("run", "--rm", "--entrypoint", "python3", tag, "-c", code).stdout.strip()
+        print(f"image {tag}: built in {seconds:.0f} s, {size / 1e6:.0f} MB; onnxruntime {providers}")
+        assert "CUDAExecutionProvider" in providers
+        name = "rnnkit-image-gpu"
+        address, ready = run(tag, "-v", f"{images['bundle']}:/models/bundle:ro", name=name)
+        try:
+            served = http(address, "/v1/model")[1]["provider"]
+            print(f"ready in {ready:.2f} s on {served}")
+            assert served == "CPUExecutionProvider"
+        finally:
+            podman("rm", "-f", name, check=False)
+    finally:
+        podman("rmi", "-f", tag, check=False)
