@@ -68,12 +68,12 @@ def test_compose_prometheus_and_the_image_agree():
     services = compose["services"]
     assert set(services) == {"postgres", "mlflow", "serve", "prometheus"}
     serve, mlflow = services["serve"], services["mlflow"]
-    assert serve["build"]["args"]["MLFLOW"] == "1" and "psycopg2" in serve["build"]["args"]["EXTRA"]
+    assert serve["build"]["args"]["MLFLOW"] == "1" and "psycopg-binary" in serve["build"]["args"]["EXTRA"]
     port = re.search(r"--port (\d+)", mlflow["command"][0]).group(1)
     assert serve["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
     assert re.fullmatch(r"models:/\$\{MODEL_NAME:-[\w-]+\}@champion", serve["environment"]["RNNKIT_MODEL"])
-    assert "postgresql://" in mlflow["command"][0] and "@postgres:5432/" in mlflow["command"][0]
-    assert serve["ports"] == [f"127.0.0.1:8000:{PORT}"]
+    assert "postgresql+psycopg://" in mlflow["command"][0] and "@postgres:5432/" in mlflow["command"][0]
+    assert serve["ports"] == [f"127.0.0.1:${{SERVE_PORT:-8000}}:{PORT}"]
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     grace = int(serve["stop_grace_period"].rstrip("s"))
     assert grace > Settings().drain_timeout

@@ -15,10 +15,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+import yaml
 from websockets.sync.client import connect
 
 from tests.helpers import ROOT, exported_bundles, free_port
 from tests.serving import features, http
+from toolkit.core.tasks import softmax
 from toolkit.runtime.engine import Engine
 
 pytestmark = pytest.mark.image
@@ -66,6 +68,7 @@ def images(tmp_path_factory):
     print(f"image {TAG} on {BASE}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")
     yield {"plain": TAG, "baked": TAG + "-baked", "bundle": bundle}
     podman("rmi", "-f", TAG + "-baked", check=False)
+    podman("image", "prune", "-f", check=False)  # the builds' intermediate stages
 
 
 def run(image: str, *args, name: str) -> tuple[str, float]:
@@ -150,53 +153,102 @@ def test_the_image_runs_as_a_user_and_holds_no_torch_onnx_or_mlflow(images):
     assert out[0] != "0" and out[1].strip() == "[]"
 
 
-def test_an_mlflow_image_serves_the_registry_champion_from_a_tracking_server_container(images, tmp_path):
-    """The compose stack's two rnnkit containers, as far as this machine allows (no PostgreSQL
-    image to pull: the tracking server uses SQLite here): the image built with MLFLOW=1 runs
-    `mlflow server` in one container and `rnnkit serve models:/NAME@champion` in another, on a
-    podman network; the model is trained and registered from the host through the server."""
+def test_the_compose_stack_serves_the_registry_champion_and_prometheus_scrapes_it(images, tmp_path):
+    """deploy/compose.yaml up with podman-compose: PostgreSQL, the MLflow tracking server on it,
+    `rnnkit serve` of models:/NAME@champion and Prometheus scraping /metrics with the token. The
+    two images from Docker Hub are replaced by stand-ins built from Debian's packages
+    (tests/compose/); the rnnkit image is the compose file's own. A model is trained and
+    registered from the host through the tracking server; serve (restarted by compose until the
+    champion exists) then answers as the offline model does."""
     from tests.helpers import rnnkit, toy_data
 
-    tag = TAG + "-mlflow"
-    seconds = build(tag, "--build-arg", "MLFLOW=1")
+    if shutil.which("podman-compose") is None:
+        pytest.skip("no podman-compose (deploy/image/podman-setup.sh installs it)")
+    compose_file = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    tag = compose_file["x-image"]["image"]
+    args = compose_file["x-image"]["build"]["args"]
+    seconds = build(tag, *[f for k, v in args.items() for f in ("--build-arg", f"{k}={v}")])
     size = int(podman("image", "inspect", tag, "--format", "{{.Size}}").stdout.strip())
-    print(f"image with mlflow: built in {seconds:.0f} s, {size / 1e6:.0f} MB")
-    network, server, serve = "rnnkit-test-net", "rnnkit-test-mlflow", "rnnkit-test-serve"
-    podman("network", "rm", "-f", network, check=False)
-    podman("network", "create", network)
-    try:
-        mlflow_command = (
-            "exec mlflow server --host 0.0.0.0 --port 5000 --workers 1 --backend-store-uri sqlite:////tmp/m.db "
-            "--artifacts-destination /tmp/artifacts --serve-artifacts --allowed-hosts '*'"
-        )
-        entry = ["--entrypoint", "tini", tag, "--", "sh", "-c", mlflow_command]
-        port = free_port()
-        podman("rm", "-f", server, check=False)
-        podman("run", "-d", "--name", server, "--network", network, "-p", f"127.0.0.1:{port}:5000", *entry)
-        deadline = time.monotonic() + 120
+    print(f"image {tag} (mlflow, psycopg): built in {seconds:.0f} s, {size / 1e6:.0f} MB")
+    standins = {}
+    for name in ("postgres", "prometheus"):
+        standins[name] = f"localhost/{name}-standin:test"
+        flags = ["--format", "docker", "-f", f"tests/compose/{name}.Containerfile", "--build-arg", f"BASE={BASE}"]
+        proc = subprocess.run(["podman", "build", "-q", *flags, "-t", standins[name], "."], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    secrets, made = ROOT / "deploy" / "secrets", []
+    for secret, value in (("db_password", "pg-test-pw"), ("serve_token", "compose-token")):
+        if not (secrets / secret).exists():
+            (secrets / secret).write_text(value + "\n")
+            made.append(secrets / secret)
+    token = (secrets / "serve_token").read_text().strip()
+    ports = {k: free_port() for k in ("MLFLOW_PORT", "SERVE_PORT", "PROMETHEUS_PORT")}
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "MODEL_NAME": "composed"}
+    env |= {"POSTGRES_IMAGE": standins["postgres"], "PROMETHEUS_IMAGE": standins["prometheus"]}
+    compose = ["podman-compose", "-p", "rnnkit-test", "-f", "deploy/compose.yaml"]
+
+    def up(*services):
+        done = subprocess.run([*compose, "up", "-d", *services], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    def wait(what, check, seconds=180):
+        deadline = time.monotonic() + seconds
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
+                if check():
+                    return
             except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server: {podman('logs', server, check=False).stderr[-3000:]}")
-                time.sleep(0.5)
+                pass
+            if time.monotonic() > deadline:
+                logs = podman("logs", f"rnnkit-test_{what}_1", check=False)
+                pytest.fail(f"{what} not ready: {logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+            time.sleep(1)
+
+    try:
+        started = time.monotonic()
+        up()
+        mlflow_uri = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+        wait("mlflow", lambda: urllib.request.urlopen(mlflow_uri + "/health", timeout=2).status == 200)
+        print(f"mlflow on postgres ready {time.monotonic() - started:.0f} s after up")
         data = toy_data(tmp_path, "classify")["data"]
         flags = ["--hidden-size", "8", "--embedding-dim", "8", "--epochs", "1", "--device", "cpu", "--no-progress"]
-        flags += ["--tracking-uri", f"http://127.0.0.1:{port}", "--register", "img", "--alias", "champion"]
+        flags += ["--tracking-uri", mlflow_uri, "--register", "composed", "--alias", "champion"]
         trained = rnnkit("train", "--task", "classify", "--data", data, "--out", tmp_path / "run", *flags)
         assert trained.returncode == 0, trained.stderr
-        env = ["-e", "RNNKIT_MODEL=models:/img@champion", "-e", "MLFLOW_TRACKING_URI=http://" + server + ":5000"]
-        address, ready = run(tag, "--network", network, *env, name=serve)
-        model = http(address, "/v1/model")[1]
-        print(f"serving {model['source']} {ready:.1f} s after start")
-        assert model["source"] == "models:/img@champion" and model["manifest"]["task"] == "classify"
+        registered = podman("exec", "rnnkit-test_postgres_1", "psql", "-U", "mlflow", "-d", "mlflow", "-tAc",
+                            "select name from registered_models").stdout.split()  # fmt: skip
+        print(f"registered models in PostgreSQL: {registered}")
+        assert "composed" in registered
+        serve = f"127.0.0.1:{ports['SERVE_PORT']}"
+        auth = {"Authorization": f"Bearer {token}"}
+        up("serve")  # serve may be between two restarts: make sure it runs
+        wait("serve", lambda: http(serve, "/health/ready")[0] == 200)
+        assert http(serve, "/v1/model")[0] == 401
+        status, model = http(serve, "/v1/model", headers=auth)
+        assert status == 200 and model["source"] == "models:/composed@champion", model
+        engine = Engine(tmp_path / "run" / "bundle", device="cpu")
+        sequences = [list("abcab"), list("ccca"), list("b")]
+        status, served = http(serve, "/v1/infer", {"sequences": sequences}, headers=auth)
+        offline = engine.infer([engine.manifest["input"]["vocab"].index(t) for t in seq] for seq in sequences)
+        pairs = zip(served["results"], offline, strict=True)
+        worst = max(float(np.abs(np.array(r["scores"]) - softmax(y)).max()) for r, y in pairs)
+        print(f"served the champion {time.monotonic() - started:.0f} s after up; max |served - offline| {worst:.1e}")
+        assert status == 200 and worst <= 1e-5
+        query = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}/api/v1/query?query=rnnkit_requests_total"
+
+        def scraped():
+            result = json.loads(urllib.request.urlopen(query, timeout=5).read())["data"]["result"]
+            return any(r["metric"].get("kind") == "infer" and float(r["value"][1]) >= 1 for r in result)
+
+        wait("prometheus", scraped, seconds=90)
+        print("Prometheus scraped rnnkit_requests_total{kind=infer} from serve with the token")
     finally:
-        for name in (serve, server):
-            podman("rm", "-f", name, check=False)
-        podman("network", "rm", "-f", network, check=False)
-        podman("rmi", "-f", tag, check=False)
+        subprocess.run([*compose, "down", "-v"], cwd=ROOT, env=env, capture_output=True, timeout=300)
+        for path in made:
+            path.unlink()
+        podman("rmi", "-f", tag, *standins.values(), check=False)
 
 
 def test_the_gpu_variant_builds_from_the_same_file_and_falls_back_to_the_cpu_without_a_gpu(images):

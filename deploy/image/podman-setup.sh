@@ -2,17 +2,18 @@
 # Prepares a Debian machine without a container daemon or registry access to build and run the
 # serving image: Debian's podman (with runc; crun fails on these machines' rlimits and hybrid
 # cgroups) and a Debian bookworm base image made from Debian's own packages with debootstrap.
-# Idempotent; needs root. Prints the base image's name. Used by `make image-test`.
+# Also podman-compose, for the compose stack's test. Idempotent; needs root. Prints the base image's name. Used by `make image-test`.
 set -euo pipefail
 BASE=localhost/debian-base:bookworm
 CACHE=${RNNKIT_IMAGE_CACHE:-$HOME/.cache/rnnkit}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null \
-    || ! command -v iptables >/dev/null; then
+    || ! command -v iptables >/dev/null || ! command -v podman-compose >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        podman runc debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns iptables >/dev/null
+        podman runc debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns iptables \
+        podman-compose >/dev/null
 fi
 mkdir -p /etc/containers
 if ! grep -q 'runtime = "runc"' /etc/containers/containers.conf 2>/dev/null; then
