@@ -427,3 +427,48 @@ def test_better():
     assert better(1.0, nan, "min") and not better(nan, 1.0, "max") and not better(nan, nan, "min")
     with pytest.raises(ValueError):
         better(1.0, 0.0, "up")
+
+
+# ---- seq2seq ----------------------------------------------------------------------------------
+
+
+def _levenshtein_recursive(a, b):
+    """The textbook recursion, memoised: the reference for edit_distance."""
+    from functools import cache
+
+    @cache
+    def d(i, j):
+        if i == 0 or j == 0:
+            return i + j
+        return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return d(len(a), len(b))
+
+
+def test_edit_distance_hand_worked_and_against_the_recursion():
+    from toolkit.core.metrics import edit_distance
+
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance([], [1, 2]) == 2 and edit_distance([1, 2, 3], [1, 2, 3]) == 0
+    assert edit_distance("flaw", "lawn") == 2
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        a = tuple(rng.integers(0, 3, rng.integers(0, 9)))
+        b = tuple(rng.integers(0, 3, rng.integers(0, 9)))
+        assert edit_distance(a, b) == edit_distance(b, a) == _levenshtein_recursive(a, b)
+
+
+def test_seq2seq_metrics_hand_worked():
+    """G2P: 'cat' -> K AE T and 'cot' -> K AA T; one output exact, one with a substitution."""
+    from toolkit.core.metrics import Seq2SeqMetrics
+
+    m = Seq2SeqMetrics()
+    m.update([[5, 6, 7], [5, 6, 7, 8]], [[5, 6, 7], [5, 9, 7]])  # 2nd: a substitution and an insertion
+    m.update_teacher_forced(np.array([[5, 6, 0], [5, 9, 7]]), np.array([[5, 6, 7], [5, 9, 7]]), [[1, 1, 1], [1, 1, 0]])
+    got = m.compute()
+    print(got)
+    assert got["exact_match"] == 0.5 and got["sequence_error_rate"] == 0.5
+    assert got["error_rate"] == pytest.approx(2 / 6)  # 2 edits over 6 reference phonemes
+    assert got["token_accuracy"] == pytest.approx(4 / 5)
+    empty = Seq2SeqMetrics().compute()
+    assert math.isnan(empty["exact_match"]) and math.isnan(empty["error_rate"]) and "token_accuracy" not in empty

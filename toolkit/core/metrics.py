@@ -10,6 +10,8 @@ Each accumulator takes one batch at a time through `update(...)` and reports at 
 - `LMMetrics(level)`: cross_entropy (nats per token), perplexity, and bpc (char level) or
   bits_per_token (word level).
 - `RegressMetrics()`: mae, rmse over every selected value.
+- `Seq2SeqMetrics()`: exact_match, sequence_error_rate, error_rate (edit distance per reference
+  unit), and token_accuracy when teacher-forced outputs are added.
 
 All of them also accept a running loss (`add_loss(loss_sum, count)`); compute() then adds "loss".
 
@@ -31,6 +33,8 @@ __all__ = [
     "TagMetrics",
     "LMMetrics",
     "RegressMetrics",
+    "Seq2SeqMetrics",
+    "edit_distance",
     "bio_spans",
     "is_bio",
     "metric_mode",
@@ -352,6 +356,59 @@ class RegressMetrics(BaseMetrics):
         return {"mae": _ratio(self.abs_sum, self.count), "rmse": math.sqrt(mse) if mse == mse else NAN}
 
 
+# -------------------------------------------------------------------------------------------- seq2seq
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance (insertions, deletions and substitutions of one unit each)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+class Seq2SeqMetrics(BaseMetrics):
+    """Decoded outputs against reference targets (sequences of unit ids, <eos> excluded):
+    exact_match (whole output right), sequence_error_rate (1 - exact_match: the word error rate
+    of grapheme-to-phoneme, where one output is one word) and error_rate (edit distance over the
+    reference units: phoneme error rate for phoneme targets, character or word error rate for
+    char- or word-level targets). `update_teacher_forced` adds token_accuracy: the argmax of each
+    step's output with the reference history, over the target units and <eos>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sequences = self.exact = self.edits = self.units = 0
+        self.correct = self.steps = 0
+
+    def update(self, predictions: Iterable[Sequence[int]], references: Iterable[Sequence[int]]) -> None:
+        for pred, ref in zip(predictions, references, strict=True):
+            pred, ref = list(pred), list(ref)
+            self.sequences += 1
+            self.exact += pred == ref
+            self.edits += edit_distance(pred, ref)
+            self.units += len(ref)
+
+    def update_teacher_forced(self, predicted_ids, target_ids, mask) -> None:
+        """`predicted_ids`, `target_ids` [B, T] and a boolean `mask` of the real steps."""
+        mask = np.asarray(mask, dtype=bool)
+        hits = (_as_ids(predicted_ids, "predicted_ids") == _as_ids(target_ids, "target_ids")) & mask
+        self.correct += int(hits.sum())
+        self.steps += int(mask.sum())
+
+    def _compute(self) -> dict[str, float]:
+        exact = _ratio(self.exact, self.sequences)
+        errors = _ratio(self.edits, self.units)
+        result = {"exact_match": exact, "sequence_error_rate": 1.0 - exact, "error_rate": errors}
+        if self.steps:
+            result["token_accuracy"] = _ratio(self.correct, self.steps)
+        return result
+
+
 # ---------------------------------------------------------------------------------- modes
 
 # Whether lower ("min") or higher ("max") is better, for every metric these accumulators report.
@@ -368,6 +425,10 @@ _MODES = {
     "span_f1": "max",
     "span_precision": "max",
     "span_recall": "max",
+    "exact_match": "max",
+    "token_accuracy": "max",
+    "sequence_error_rate": "min",
+    "error_rate": "min",
 }
 
 
