@@ -8,7 +8,7 @@ import sys
 import click
 
 from cli.main import user_errors
-from toolkit.core.config import CELLS, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, Config
+from toolkit.core.config import ATTENTIONS, CELLS, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, Config
 from toolkit.core.devices import TRAIN_DEVICES
 
 
@@ -19,12 +19,13 @@ def _choice(values):
 # The flags that set a config value: name -> (config section, None = top level; click type, or
 # "--on/--off" for a switch; help). The config key is the flag's name.
 FLAGS = {
-    "task": (None, _choice(TASKS), "classify | tag | lm | regress"),
+    "task": (None, _choice(TASKS), " | ".join(TASKS)),
     "data": ("data", str, "Training data file (a directory of .txt/.md files for lm)."),
     "val": ("data", str, "Validation file (default: hold out --val-fraction of --data)."),
     "format": ("data", _choice(FORMATS), "Data format (default: from the file suffix)."),
     "val_fraction": ("data", float, "Share of --data held out for validation when no --val (0.1)."),
-    "level": ("data", _choice(LEVELS), "lm tokens: char or word."),
+    "level": ("data", _choice(LEVELS), "Text tokens (lm; seq2seq source): char or word."),
+    "target_level": ("data", _choice(LEVELS), "seq2seq target tokens: char or word (char)."),
     "lowercase": ("data", "--lowercase/--no-lowercase", "Lower-case text before building the vocabulary."),
     "min_freq": ("data", int, "Vocabulary: minimum token count."),
     "max_vocab": ("data", int, "Vocabulary: maximum size, specials included."),
@@ -39,6 +40,9 @@ FLAGS = {
     "dropout": ("model", float, "Dropout between stacked layers (0)."),
     "residual": ("model", "--residual/--no-residual", "Skip connections between layers of equal width."),
     "embedding_dim": ("model", int, "Token embedding width (64)."),
+    "attention": ("model", _choice(ATTENTIONS), "seq2seq: none | additive | multiplicative (none)."),
+    "decoder_cell": ("model", _choice(CELLS), "seq2seq decoder cell (default: --cell)."),
+    "decoder_layers": ("model", int, "seq2seq decoder layers (default: --num-layers)."),
     "epochs": ("train", int, "Epochs to train (10); with --resume, the new total."),
     "batch_size": ("train", int, "Sequences (or parallel streams) per batch (32)."),
     "lr": ("train", float, "Learning rate (1e-3)."),
@@ -53,6 +57,7 @@ FLAGS = {
     "device": ("train", _choice(TRAIN_DEVICES), "auto | cpu | cuda"),
     "amp": ("train", "--amp/--no-amp", "Mixed precision on CUDA (on)."),
     "out": ("train", click.Path(file_okay=False), "Run directory to write (runs/latest)."),
+    "label_smoothing": ("train", float, "seq2seq: label smoothing of the cross-entropy (0)."),
 }
 
 

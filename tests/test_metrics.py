@@ -470,5 +470,4 @@ def test_seq2seq_metrics_hand_worked():
     assert got["exact_match"] == 0.5 and got["sequence_error_rate"] == 0.5
     assert got["error_rate"] == pytest.approx(2 / 6)  # 2 edits over 6 reference phonemes
     assert got["token_accuracy"] == pytest.approx(4 / 5)
-    empty = Seq2SeqMetrics().compute()
-    assert math.isnan(empty["exact_match"]) and math.isnan(empty["error_rate"]) and "token_accuracy" not in empty
+    assert Seq2SeqMetrics().compute() == {}  # each metric appears once what it needs was seen

@@ -28,6 +28,7 @@ TASKS = tuple(tasks.TASKS)
 CELLS = ("rnn", "lstm", "gru")
 NONLINEARITIES = ("tanh", "relu")
 MERGES = ("concat", "sum")
+ATTENTIONS = ("none", "additive", "multiplicative")
 FORMATS = ("auto", *tasks.FORMATS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
@@ -44,6 +45,10 @@ class ModelConfig:
     dropout: float = 0.0  # between stacked layers, as in torch.nn.LSTM
     residual: bool = False  # skip connections between stacked layers of equal width
     embedding_dim: int = 64  # token inputs only
+    # seq2seq only: the decoder (always one direction) and its attention over the encoder outputs
+    attention: str = "none"  # none (the final state is the only context) | additive | multiplicative
+    decoder_cell: str | None = None  # default: cell
+    decoder_layers: int | None = None  # default: num_layers
 
     def validate(self) -> None:
         _choice("model.cell", self.cell, CELLS)
@@ -52,6 +57,11 @@ class ModelConfig:
         _positive("model.hidden_size", self.hidden_size)
         _positive("model.num_layers", self.num_layers)
         _positive("model.embedding_dim", self.embedding_dim)
+        _choice("model.attention", self.attention, ATTENTIONS)
+        if self.decoder_cell is not None:
+            _choice("model.decoder_cell", self.decoder_cell, CELLS)
+        if self.decoder_layers is not None:
+            _positive("model.decoder_layers", self.decoder_layers)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -68,7 +78,8 @@ class DataConfig:
     val: str | None = None  # validation file; else `val_fraction` of `data` is held out
     format: str = "auto"  # chosen from the file suffix when auto
     val_fraction: float = 0.1
-    level: str = "char"  # lm: character or word tokens
+    level: str = "char"  # lm: character or word tokens; seq2seq: of the source
+    target_level: str = "char"  # seq2seq: of the target (e.g. word for space-separated phonemes)
     lowercase: bool = False
     min_freq: int = 1  # vocabulary: drop rarer tokens (they map to <unk>)
     max_vocab: int | None = None  # vocabulary: keep the most frequent, specials included
@@ -78,6 +89,7 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.format", self.format, FORMATS)
         _choice("data.level", self.level, LEVELS)
+        _choice("data.target_level", self.target_level, LEVELS)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         _positive("data.min_freq", self.min_freq)
@@ -102,6 +114,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision, CUDA only
     out: str = "runs/latest"
+    label_smoothing: float = 0.0  # seq2seq: of the decoder's cross-entropy
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -116,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"train.clip must be > 0 (or null to disable), got {self.clip}")
         if self.patience is not None:
             _positive("train.patience", self.patience)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass

@@ -400,12 +400,18 @@ class Seq2SeqMetrics(BaseMetrics):
         self.correct += int(hits.sum())
         self.steps += int(mask.sum())
 
+    #: Every metric this accumulator may report (each only once what it needs was seen: a
+    #: training pass is teacher-forced only, a validation pass also decoded).
+    NAMES = ("token_accuracy", "exact_match", "sequence_error_rate", "error_rate")
+
     def _compute(self) -> dict[str, float]:
-        exact = _ratio(self.exact, self.sequences)
-        errors = _ratio(self.edits, self.units)
-        result = {"exact_match": exact, "sequence_error_rate": 1.0 - exact, "error_rate": errors}
+        result = {}
         if self.steps:
             result["token_accuracy"] = _ratio(self.correct, self.steps)
+        if self.sequences:
+            exact = _ratio(self.exact, self.sequences)
+            errors = _ratio(self.edits, self.units)
+            result |= {"exact_match": exact, "sequence_error_rate": 1.0 - exact, "error_rate": errors}
         return result
 
 

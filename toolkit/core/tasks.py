@@ -11,10 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.core.metrics import BaseMetrics, ClassifyMetrics, LMMetrics, RegressMetrics, TagMetrics, is_bio
+from toolkit.core.metrics import (
+    BaseMetrics,
+    ClassifyMetrics,
+    LMMetrics,
+    RegressMetrics,
+    Seq2SeqMetrics,
+    TagMetrics,
+    is_bio,
+)
 
 #: Every data format rnnkit reads (`auto` picks one from the file suffix).
-FORMATS = ("jsonl", "conll", "text", "csv", "ts")
+FORMATS = ("jsonl", "conll", "text", "csv", "ts", "tsv")
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -26,7 +34,8 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Task:
     name: str
     #: What one output row scores: "labels" (the output spec's labels), "tokens" (the input
-    #: vocabulary: next token) or "values" (regression targets in raw units).
+    #: vocabulary: next token), "values" (regression targets in raw units) or "sequences" (a
+    #: decoded output over the target vocabulary: seq2seq).
     predicts: str
     #: One output row per step (True), per sequence (False), or as the training targets were (None).
     per_step: bool | None
@@ -53,8 +62,11 @@ class Task:
         training targets were one per step."""
         return bool(per_step_targets) if self.per_step is None else self.per_step
 
-    def head_size(self, labels: Sequence[str] | None, vocab_size: int | None, num_targets: int | None) -> int:
-        return {"labels": len(labels or ()), "tokens": vocab_size, "values": num_targets}[self.predicts]
+    def head_size(
+        self, labels: Sequence[str] | None, vocab_size: int | None, num_targets: int | None, target_vocab_size=None
+    ) -> int:
+        sizes = {"labels": len(labels or ()), "tokens": vocab_size, "values": num_targets}
+        return sizes.get(self.predicts, target_vocab_size)
 
     def default_monitor(self, labels: Sequence[str] | None) -> tuple[str, str]:
         if self.monitor[0] == "span_f1" and not is_bio(labels or ()):
@@ -92,6 +104,20 @@ def _score_regress(metrics, y, targets, lengths=None):
     metrics.update(y, targets, mask)
 
 
+def _score_seq2seq(metrics, y, targets, lengths=None):
+    """Teacher-forced outputs [B, T, V] against the target ids [B, T] (<eos> included, padding
+    negative): token accuracy. The decoded metrics come from `Seq2SeqMetrics.update`."""
+    targets = np.asarray(targets)
+    metrics.update_teacher_forced(y.argmax(-1), np.maximum(targets, 0), targets >= 0)
+
+
+def _result_sequences(hypotheses, names):
+    """The n-best of one input (toolkit.core.search.Hypothesis, best first) as JSON fields."""
+    best = hypotheses[0]
+    nbest = [{"prediction": [names[t] for t in h.tokens], "score": round(h.score, 6)} for h in hypotheses]
+    return {"prediction": nbest[0]["prediction"], "score": round(best.score, 6), "nbest": nbest}
+
+
 def _result_classify(y, names):
     p = softmax(y)
     return {"prediction": names[int(p.argmax())], "scores": np.round(p, 6).tolist()}
@@ -124,6 +150,11 @@ TASKS: dict[str, Task] = {
         Task(
             "regress", "values", None, ("jsonl", "csv", "ts"), ("rmse", "min"), "squared_error",
             ("values",), lambda labels, level: RegressMetrics(), _score_regress, _result_values,
+        ),
+        Task(
+            "seq2seq", "sequences", True, ("jsonl", "tsv"), ("error_rate", "min"), "cross_entropy",
+            ("prediction", "score", "nbest"), lambda labels, level: Seq2SeqMetrics(), _score_seq2seq,
+            _result_sequences,
         ),
     )
 }  # fmt: skip

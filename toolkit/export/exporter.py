@@ -16,8 +16,14 @@ from toolkit.core.atomic import atomic_write_bytes
 from toolkit.core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
 from toolkit.core.versions import installed
 from toolkit.export import parity
-from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
+from toolkit.export.graph import ExportGraphError, build_full_graph, build_step_graph, state_spec
 from toolkit.train.checkpoint import load_model
+
+#: Until seq2seq bundles (encoder.onnx + decoder_step.onnx) are built and certified.
+NO_SEQ2SEQ_EXPORT = (
+    "seq2seq models are not exported to ONNX yet (encoder.onnx + decoder_step.onnx with their certificate "
+    "are in progress): train with --no-export and score the run with `rnnkit evaluate RUN_DIR DATA`"
+)
 
 
 @dataclass
@@ -41,6 +47,8 @@ def export(
     (unless `force`, which writes one marked failed) but keep the report next to `out`."""
     out = Path(out)
     model, config, input_spec, output_spec = load_model(run_dir)
+    if tasks.of(config.task).predicts == "sequences":
+        raise ExportGraphError(NO_SEQ2SEQ_EXPORT)
     weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     graphs = {"model.onnx": build_full_graph(weights, config.model, input_spec, output_spec, opset=opset)}
     if not config.model.bidirectional:

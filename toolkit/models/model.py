@@ -66,3 +66,12 @@ def _vector(values: list[float] | None, size: int, default: float) -> torch.Tens
     if values is None:
         return torch.full((size,), default)
     return torch.tensor(values, dtype=torch.float32)
+
+
+def build_model(cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec) -> nn.Module:
+    """The task's model: an encoder-decoder for tasks that predict sequences, else SequenceModel."""
+    if tasks.of(output_spec.task).predicts == "sequences":
+        from toolkit.models.seq2seq import Seq2SeqModel
+
+        return Seq2SeqModel(cfg, input_spec, output_spec)
+    return SequenceModel(cfg, input_spec, output_spec)

@@ -4,6 +4,7 @@
     spec.json      format version, task, model config, input spec (features: mean/std), output spec
     vocab.json     token inputs only: the vocabulary, id = position
     labels.json    classify/tag only: label names, id = position
+    target_vocab.json  seq2seq only: the target vocabulary, id = position
     model.pt       weights of the best epoch so far (what export takes)
     state.pt       everything needed to resume exactly: weights, optimizer, scheduler, scaler,
                    RNG states, epoch, early-stopping counters, history
@@ -29,7 +30,7 @@ from toolkit.core.data.types import InputSpec, OutputSpec
 from toolkit.core.data.vocab import Vocabulary
 from toolkit.core.errors import CheckpointError, ConfigError
 from toolkit.core.jsontext import check_format
-from toolkit.models.model import SequenceModel
+from toolkit.models.model import build_model
 
 FORMAT = "rnnkit-checkpoint"
 FORMAT_VERSION = 1
@@ -74,6 +75,8 @@ def write_run_files(out: Path, config: Config, input_spec: InputSpec, output_spe
         atomic_write_json(out / "vocab.json", input_spec.vocab.to_json())
     if output_spec.labels is not None:
         atomic_write_json(out / "labels.json", list(output_spec.labels))
+    if output_spec.target_vocab is not None:
+        atomic_write_json(out / "target_vocab.json", output_spec.target_vocab.to_json())
 
 
 def read_json(path: Path) -> Any:
@@ -111,15 +114,17 @@ def read_specs(run_dir: str | Path) -> tuple[Config, InputSpec, OutputSpec]:
     out = dict(spec["output"])
     if out.get("labels") is not None or (run_dir / "labels.json").is_file():
         out["labels"] = read_json(run_dir / "labels.json")
+    if out.pop("target_vocab_size", None) is not None:
+        out["target_vocab"] = Vocabulary(read_json(run_dir / "target_vocab.json"))
     output_spec = OutputSpec(**out)
     return config, input_spec, output_spec
 
 
-def load_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[SequenceModel, Config, InputSpec, OutputSpec]:
+def load_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, Config, InputSpec, OutputSpec]:
     """Rebuild the best model of a run directory (eval mode)."""
     run_dir = Path(run_dir)
     config, input_spec, output_spec = read_specs(run_dir)
-    model = SequenceModel(config.model, input_spec, output_spec)
+    model = build_model(config.model, input_spec, output_spec)
     try:
         weights = torch.load(run_dir / "model.pt", map_location=map_location, weights_only=True)
         model.load_state_dict(weights)

@@ -32,7 +32,7 @@ from toolkit.core.errors import CheckpointError, ConfigError
 from toolkit.core.metrics import LMMetrics, better, metric_mode
 from toolkit.core.tasks import default_monitor, metrics_for
 from toolkit.models.encoder import detach_state
-from toolkit.models.model import SequenceModel
+from toolkit.models.model import SequenceModel, build_model
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
 
@@ -107,7 +107,7 @@ def train(
         )
     device = pick_device(config.train.device)
     seed_everything(config.train.seed)
-    model = SequenceModel(config.model, prepared.input, prepared.output).to(device)
+    model = build_model(config.model, prepared.input, prepared.output).to(device)
     run = _Run(config, prepared, model, device, progress, log)  # checks the rest of the config first
     params = sum(p.numel() for p in model.parameters())
     amp = " with mixed precision" if run.amp else ""
@@ -132,7 +132,8 @@ class _Run:
         labels = prepared.output.labels
         self.monitor, self.mode = default_monitor(self.task, labels)
         if config.train.monitor:  # checked before anything is written, against this task's metrics
-            known = {"loss", *metrics_for(self.task, labels, config.data.level).compute()}
+            metrics = metrics_for(self.task, labels, config.data.level)
+            known = {"loss", *metrics.compute(), *getattr(metrics, "NAMES", ())}
             if config.train.monitor not in known:
                 raise ConfigError(
                     f"train.monitor {config.train.monitor!r} is not a metric of task {self.task}; "
@@ -284,6 +285,7 @@ class _Run:
             rng=rng,
             progress=self.progress,
             desc=f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate",
+            label_smoothing=tcfg.label_smoothing,
         )
 
     def _step(self, loss: torch.Tensor) -> float:
@@ -310,12 +312,14 @@ def run_pass(
     rng: np.random.Generator | None = None,
     progress: bool = False,
     desc: str = "",
+    label_smoothing: float = 0.0,
 ) -> dict[str, float]:
     """One pass over `dataset`: training when `step` (the optimizer step) is given, else
     evaluation. Padded batches for sequence data, truncated-BPTT windows with the state
     carried (and detached) for streams. Returns the task metrics (plus speed and gradient
     norm when training)."""
     training = step is not None
+    sequences = tasks.of(task).predicts == "sequences"  # seq2seq: teacher-forced, and decoded to score
     model.train(training)
     device = next(model.parameters()).device
     streaming = isinstance(dataset, StreamDataset)
@@ -334,8 +338,8 @@ def run_pass(
             lengths = torch.from_numpy(item.lengths)
             steps += int(item.lengths.sum())
         with torch.set_grad_enabled(training), torch.autocast("cuda", enabled=amp):
-            y, state = model(inputs, lengths, state if streaming else None)
-            loss_sum, count = task_loss(model, task, y, targets, lengths)
+            y, state = model(inputs, lengths, targets if sequences else state if streaming else None)
+            loss_sum, count = task_loss(model, task, y, targets, lengths, label_smoothing)
         if training:
             grad_norms.append(step(loss_sum / count))
         if streaming:
@@ -343,6 +347,8 @@ def run_pass(
         loss_value = float(loss_sum.detach())
         metrics.add_loss(loss_value, int(count))
         update_metrics(metrics, task, y.detach().float(), targets, lengths, loss_value, int(count))
+        if sequences and not training:
+            _score_decoded(model, metrics, item)
         if progress:
             rate = steps / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{loss_value / max(int(count), 1):.4f}", steps_s=f"{rate:.0f}", refresh=False)
@@ -356,12 +362,21 @@ def run_pass(
     return result
 
 
-def task_loss(model: SequenceModel, task: str, y: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None):
+def task_loss(
+    model: SequenceModel,
+    task: str,
+    y: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: torch.Tensor | None,
+    label_smoothing: float = 0.0,
+):
     """Summed loss and the count it is summed over (so batches of any size average right)."""
     y = y.float()
     if tasks.of(task).loss == "cross_entropy":  # per sequence or per step; padded steps ignored
         flat = targets.reshape(-1)
-        loss = F.cross_entropy(y.reshape(flat.shape[0], -1), flat, ignore_index=PAD_TARGET, reduction="sum")
+        logits = y.reshape(flat.shape[0], -1)
+        smoothing = {"label_smoothing": label_smoothing} if label_smoothing else {}
+        loss = F.cross_entropy(logits, flat, ignore_index=PAD_TARGET, reduction="sum", **smoothing)
         return loss, int((flat != PAD_TARGET).sum())
     # squared_error: on the normalised scale, padded steps masked out
     err = (model.normalised(y) - model.normalised(targets.float())) ** 2
@@ -377,6 +392,17 @@ def update_metrics(metrics, task: str, y, targets, lengths, loss_sum: float, cou
     else:
         lengths = lengths.numpy() if lengths is not None else None
         tasks.of(task).score(metrics, y.cpu().numpy(), targets.cpu().numpy(), lengths)
+
+
+def _score_decoded(model, metrics, batch) -> None:
+    """Greedy-decode a validation batch with the shared search and score it against its targets."""
+    from toolkit.core.search import Search
+    from toolkit.models.seq2seq import translate
+
+    sources = [row[:n] for row, n in zip(batch.inputs, batch.lengths, strict=True)]
+    hypotheses = translate(model, sources, Search(beam=1), batch_size=len(sources))
+    references = [[int(t) for t in row if t >= 0][:-1] for row in batch.targets]  # without <eos>
+    metrics.update([h[0].tokens for h in hypotheses], references)
 
 
 def _step_mask(lengths: torch.Tensor, total: int, device) -> torch.Tensor:

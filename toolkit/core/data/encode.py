@@ -15,7 +15,7 @@ import numpy as np
 
 from toolkit.core.data.records import Record, Records, preview
 from toolkit.core.data.types import PAD_TARGET, Example, InputSpec, OutputSpec, StreamDataset
-from toolkit.core.data.vocab import UNK_ID, Vocabulary
+from toolkit.core.data.vocab import EOS_ID, UNK_ID, Vocabulary
 from toolkit.core.errors import DataError
 
 
@@ -155,6 +155,10 @@ def build_specs(
         output = OutputSpec(task=task, labels=list(labels) if labels is not None else label_universe(train))
     elif task == "lm":
         output = OutputSpec(task="lm")
+    elif task == "seq2seq":  # the target side's own vocabulary (same min_freq and max_vocab)
+        targets = (r.target for r in records if r.target is not None)
+        target_vocab = Vocabulary.build(targets, min_freq=min_freq, max_size=max_vocab)
+        output = OutputSpec(task="seq2seq", target_vocab=target_vocab)
     elif train.format == "csv":
         cols = resolve_columns(train, target_columns)
         values = np.concatenate([r.features[horizon:, cols] for r in records], axis=0)
@@ -200,6 +204,8 @@ def _target(record: Record, output: OutputSpec, index: dict[str, int] | None):
     target = record.target
     if target is None:
         return None
+    if output.task == "seq2seq":  # target ids and <eos> (unknown units -> <unk>)
+        return np.append(output.target_vocab.encode(target), EOS_ID).astype(np.int64)
     if output.task == "classify":
         if target not in index:
             raise record.error(

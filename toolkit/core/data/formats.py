@@ -7,6 +7,7 @@ from pathlib import Path
 from toolkit.core.data.conll import read_conll
 from toolkit.core.data.csv_series import read_csv_series
 from toolkit.core.data.jsonl import read_jsonl
+from toolkit.core.data.pairs import read_pairs
 from toolkit.core.data.records import Records
 from toolkit.core.data.text import read_text_records
 from toolkit.core.data.ts import read_ts
@@ -23,9 +24,10 @@ SUFFIX_FORMATS = {
     ".md": "text",
     ".csv": "csv",
     ".ts": "ts",
+    ".tsv": "tsv",
 }
 ACCEPTED_SUFFIXES = (
-    ".jsonl/.json (jsonl), .conll/.bio/.iob (conll), .txt/.md or a directory (text), .csv (csv), .ts (ts)"
+    ".jsonl/.json (jsonl), .conll/.bio/.iob (conll), .txt/.md or a directory (text), .csv (csv), .ts (ts), .tsv (tsv)"
 )
 
 
@@ -67,15 +69,19 @@ def read_records(
     *,
     level: str = "char",
     lowercase: bool = False,
+    target_level: str = "char",
 ) -> Records:
     """Read one file (or, for lm, a directory of text files) into raw records.
 
     require_target=False makes the label/tags/target optional (inference on unlabeled input);
     when present it is still checked. `level` (char | word) applies to text; `lowercase` to
-    every token input. Raises DataError (file, line, what is wrong) or ConfigError.
+    every token input; seq2seq reads the source at `level` and the target at `target_level`.
+    Raises DataError (file, line, what is wrong) or ConfigError.
     """
     fmt = resolve_format(path, fmt, task)
     path = str(path)
+    if TASKS[task].predicts == "sequences":
+        return read_pairs(path, fmt, require_target, level=level, target_level=target_level, lowercase=lowercase)
     if fmt == "jsonl":
         return read_jsonl(path, task, require_target=require_target, lowercase=lowercase)
     if fmt == "conll":

@@ -42,7 +42,8 @@ def load_file(
     require_target=False labels/targets are optional (Example.target None where absent).
     """
     d = config.data
-    records = read_records(path, config.task, d.format, require_target, level=d.level, lowercase=d.lowercase)
+    read = {"level": d.level, "lowercase": d.lowercase, "target_level": d.target_level}
+    records = read_records(path, config.task, d.format, require_target, **read)
     return encode_records(records, config, input_spec, output_spec, require_target)
 
 
@@ -56,7 +57,7 @@ def load_data(config: Config) -> Prepared:
     task = config.task
     if not d.data:
         raise ConfigError("data.data is not set: give the training file (for lm, a text file or a directory)")
-    read = {"level": d.level, "lowercase": d.lowercase}
+    read = {"level": d.level, "lowercase": d.lowercase, "target_level": d.target_level}
     records = read_records(d.data, task, d.format, True, **read)
     notes = list(records.notes)
     labels = label_universe(records) if tasks.of(task).predicts == "labels" else None

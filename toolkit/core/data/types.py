@@ -25,7 +25,8 @@ class Example:
     """One sequence. `inputs`: int64 [T] token ids or float32 [T, F] features.
 
     `target`: classify -> int label id; tag -> int64 [T] tag ids; regress -> float32 [D]
-    (per sequence) or [T, D] (per step); None when the input carries no label (inference).
+    (per sequence) or [T, D] (per step); seq2seq -> int64 target ids ending in <eos>; None when
+    the input carries no label (inference).
     `source` is "file:line" so later errors can point back at the input.
     """
 
@@ -74,8 +75,9 @@ class OutputSpec:
 
     classify/tag: `labels` (class names / tag set, index = id). lm: next token over the input
     vocabulary. regress: `num_targets` values per sequence or per step, trained on the normalised
-    scale and reported in raw units via `target_mean`/`target_std`. `per_step`: the model emits one
-    row per step (always for tag and lm; for regress, when the targets are one per step).
+    scale and reported in raw units via `target_mean`/`target_std`. seq2seq: output sequences over
+    `target_vocab`. `per_step`: the model emits one row per step (always for tag and lm; for
+    regress, when the targets are one per step; seq2seq's decoder, per target step).
     """
 
     task: str
@@ -84,12 +86,17 @@ class OutputSpec:
     per_step: bool = False
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
+    target_vocab: Vocabulary | None = None
 
     def __post_init__(self):
         self.per_step = tasks.of(self.task).outputs_per_step(self.per_step)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """JSON fields; the target vocabulary as its size (its tokens are written on their own)."""
+        d = {k: v for k, v in self.__dict__.items() if v is not None and k != "target_vocab"}
+        if self.target_vocab is not None:
+            d["target_vocab_size"] = len(self.target_vocab)
+        return d
 
 
 @dataclass
