@@ -65,6 +65,11 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
+    def decoder(self) -> ModelConfig:
+        """seq2seq: the decoder's own config: one direction, its cell and layers (default: the encoder's)."""
+        cell, layers = self.decoder_cell or self.cell, self.decoder_layers or self.num_layers
+        return dataclasses.replace(self, cell=cell, num_layers=layers, bidirectional=False)
+
     @property
     def output_size(self) -> int:
         """Width of the encoder's per-step output."""

@@ -398,9 +398,9 @@ def _centred_in_graph(weights) -> bool:
     return bool(np.max(np.abs(mean) / std) > FOLD_MEAN_MAX)
 
 
-def _layer_weights(g: _GraphBuilder, plan: _Plan, weights, i: int) -> list[str]:
-    """ONNX W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] of layer i (ONNX gate order)."""
-    p = f"encoder.layers.{i}."
+def _layer_weights(g: _GraphBuilder, plan: _Plan, weights, i: int, module: str = "encoder") -> list[str]:
+    """ONNX W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] of layer i of `module` (ONNX gate order)."""
+    p = f"{module}.layers.{i}."
     per_direction = []
     for s in ["", "_reverse"][: plan.directions]:
         names = (f"{p}weight_ih_l0{s}", f"{p}weight_hh_l0{s}", f"{p}bias_ih_l0{s}", f"{p}bias_hh_l0{s}")
@@ -421,8 +421,9 @@ def _fold_normalisation(weights, w_ih: np.ndarray, b_ih: np.ndarray | None):
     return w_ih / std, bias - w_ih @ (mean / std)
 
 
-def _encoder(g: _GraphBuilder, plan: _Plan, weights, x: str, seq: str, state: list[str] | None):
-    """The stack over time-major x [T, B, I]. Returns (top output [T, B, W], per layer [Y_h(, Y_c)])."""
+def _encoder(g: _GraphBuilder, plan: _Plan, weights, x: str, seq: str, state: list[str] | None, module="encoder"):
+    """The stack over time-major x [T, B, I] (the weights of the torch module `module`, e.g. a
+    seq2seq model's decoder). Returns (top output [T, B, W], per layer [Y_h(, Y_c)])."""
     cfg = plan.cfg
     initial: list[list[str]] = [[] for _ in range(cfg.num_layers)]
     for n in state or []:  # step graph: layer i starts from h[i:i+1] (and c[i:i+1])
@@ -443,7 +444,7 @@ def _encoder(g: _GraphBuilder, plan: _Plan, weights, x: str, seq: str, state: li
 
     finals = []
     for i in range(cfg.num_layers):
-        inputs = [x, *_layer_weights(g, plan, weights, i), seq, *initial[i]]
+        inputs = [x, *_layer_weights(g, plan, weights, i, module), seq, *initial[i]]
         while inputs[-1] == "":  # trailing optional inputs left out
             inputs.pop()
         outs = [f"layer{i}.Y", f"layer{i}.Y_h"] + ([f"layer{i}.Y_c"] if cfg.cell == "lstm" else [])

@@ -20,8 +20,6 @@ Training is teacher-forced: the whole target runs through the decoder at once. D
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,18 +33,11 @@ from toolkit.core.search import Hypothesis, Search, decode
 from toolkit.models.encoder import RecurrentEncoder, State
 
 
-def decoder_config(cfg: ModelConfig) -> ModelConfig:
-    """The decoder's own config: one direction, its cell and layers (default: the encoder's)."""
-    return dataclasses.replace(
-        cfg, cell=cfg.decoder_cell or cfg.cell, num_layers=cfg.decoder_layers or cfg.num_layers, bidirectional=False
-    )
-
-
 class Seq2SeqModel(nn.Module):
     def __init__(self, cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec):
         super().__init__()
         self.cfg, self.task = cfg, output_spec.task
-        self.dec_cfg = dec = decoder_config(cfg)
+        self.dec_cfg = dec = cfg.decoder()
         hidden, memory = cfg.hidden_size, cfg.output_size
         self.source_embedding = nn.Embedding(input_spec.size, cfg.embedding_dim, padding_idx=PAD_ID)
         self.encoder = RecurrentEncoder(cfg.embedding_dim, cfg)
