@@ -221,3 +221,30 @@ def test_the_onnx_encoder_and_decoder_step_compute_what_torch_computes(kw):
         previous = rng.integers(4, len(TARGET), 4)
     print(f"{kw}: encoder {errors}; decoder steps max |logprobs| error {worst_step:.2e}")
     assert max(errors.values()) < 1e-5 and worst_step < 1e-5
+
+
+def test_onnx_runtime_decodes_what_torch_decodes_on_a_trained_model(tmp_path):
+    """The same search over ONNX Runtime's float32 steps and torch's float64 ones: greedy and
+    beam 4 outputs identical on 300 sources (a trained model: no near-ties by chance)."""
+    from toolkit.export.seq2seq_graph import build_decoder_step_graph, build_encoder_graph
+    from toolkit.runtime.seq2seq import Translator
+    from toolkit.train.checkpoint import load_model
+    from toolkit.train.loop import train
+
+    train(config(tmp_path, "lstm", True, "additive", epochs=6), progress=False, log=lambda m: None)
+    model, cfg, inp, out = load_model(tmp_path / "run")
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    translator = Translator(
+        build_encoder_graph(weights, cfg.model, inp, out).SerializeToString(),
+        build_decoder_step_graph(weights, cfg.model, inp, out).SerializeToString(),
+    )
+    rng = np.random.default_rng(5)
+    sources = [rng.integers(4, len(inp.vocab), n) for n in rng.integers(1, 8, 300)]
+    model = model.double()
+    for search in (Search(beam=1), Search(beam=4, nbest=2, length_penalty=0.6)):
+        onnx_out = translator.translate(sources, search)
+        torch_out = translate(model, sources, search)
+        same = sum([h.tokens for h in a] == [h.tokens for h in b] for a, b in zip(onnx_out, torch_out, strict=True))
+        worst = max(abs(a[0].score - b[0].score) for a, b in zip(onnx_out, torch_out, strict=True))
+        print(f"beam {search.beam}: {same}/300 n-best lists identical; max |score difference| {worst:.2e}")
+        assert same == 300 and worst < 1e-4
