@@ -157,7 +157,8 @@ def train(
             f"of its budget, max abs error {parity['max_abs']:.1e})"
         )
     if outcome.mlflow and outcome.mlflow.get("run_id") and not outcome.mlflow.get("failed"):
-        click.echo(f"MLflow run {outcome.mlflow['run_id']}: model {outcome.mlflow['model_uri']}")
+        model = outcome.mlflow["model_uri"] or "no model logged (no bundle)"
+        click.echo(f"MLflow run {outcome.mlflow['run_id']}: model {model}")
     if outcome.registered:
         shown = f" (alias {', '.join(aliases)})" if aliases else ""
         click.echo(f"registered models:/{register_name}/{outcome.registered['version']}{shown}")
