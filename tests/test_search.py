@@ -162,3 +162,31 @@ def test_the_maximum_length_ends_every_hypothesis():
 def test_bad_settings_are_refused_by_name(settings, message):
     with pytest.raises(ValueError, match=message):
         Search(**settings).check()
+
+
+def test_many_random_searches_keep_every_rule():
+    """Random decoders, batch sizes, beams and limits: every input gets between 1 and nbest
+    hypotheses, within its length limit, sorted, each score its log-probability over the length
+    penalty, and a batch decodes as its inputs alone."""
+    for seed in range(25):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(1, 10))
+        rnn = TinyRNN(seed, n)
+        lengths = [int(x) for x in rng.integers(1, 7, n)]
+        beam = int(rng.integers(1, 5))
+        alpha = float(rng.choice([0.0, 0.6, 1.0]))
+        search = Search(
+            beam=beam,
+            nbest=int(rng.integers(1, beam + 1)),
+            length_penalty=alpha,
+            max_len_b=int(rng.integers(0, 3)),
+            max_len_a=1.0,
+        )
+        batched = decode(rnn.step, rnn.select, rnn.initial(list(range(n))), lengths, search)
+        for i, hyps in enumerate(batched):
+            alone = decode(rnn.step, rnn.select, rnn.initial([i]), [lengths[i]], search)[0]
+            assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+            assert 1 <= len(hyps) <= search.nbest
+            assert all(len(h.tokens) + 1 <= search.max_length(lengths[i]) for h in hyps)
+            assert all(np.isclose(h.score, h.logprob / penalty(len(h.tokens) + 1, alpha)) for h in hyps)
+            assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)

@@ -82,11 +82,12 @@ def decode(
     s = search.check()
     k = s.beam
     n_inputs = len(source_lengths)
-    limits = [s.max_length(int(n)) for n in source_lengths]
+    limits = np.array([s.max_length(int(n)) for n in source_lengths])
     finished: list[list[Hypothesis]] = [[] for _ in range(n_inputs)]
-    # live hypotheses, one row each: which input, their tokens and summed log-probability
+    # live hypotheses, one row each, grouped by input in input order: which input, their tokens
+    # so far ([rows, length]) and summed log-probability
     owner = np.arange(n_inputs)
-    histories: list[tuple[int, ...]] = [() for _ in range(n_inputs)]
+    history = np.zeros((n_inputs, 0), dtype=np.int64)
     scores = np.zeros(n_inputs)
     tokens = np.full(n_inputs, BOS_ID, dtype=np.int64)
     length = 0
@@ -95,43 +96,42 @@ def decode(
         logprobs = np.array(logprobs, dtype=np.float64)
         logprobs[:, list(NEVER)] = -np.inf
         length += 1
-        keep_rows, keep_tokens, keep_scores, keep_owner, keep_hist = [], [], [], [], []
-        for b in np.unique(owner):  # inputs in order; rows of one input are contiguous
-            rows = np.flatnonzero(owner == b)
-            candidates = scores[rows, None] + logprobs[rows]  # [rows, V]
-            if length >= limits[b]:  # only <eos> may follow
-                forced = np.full_like(candidates, -np.inf)
-                forced[:, EOS_ID] = candidates[:, EOS_ID]
-                candidates = forced
-            flat = candidates.ravel()
-            order = np.argsort(-flat, kind="stable")[: 2 * k]  # ties: lower row, then lower token id
-            vocab = candidates.shape[1]
-            live = 0
-            for rank, index in enumerate(order):
-                value = flat[index]
-                if not np.isfinite(value):
-                    break
-                row, token = rows[index // vocab], int(index % vocab)
-                if token == EOS_ID:  # finished only when among the best `beam` (beam 1: greedy)
-                    if rank < k and len(finished[b]) < k:
-                        lp = penalty(len(histories[row]) + 1, s.length_penalty)
-                        finished[b].append(Hypothesis(histories[row], float(value), float(value) / lp))
-                elif live < k:
-                    keep_rows.append(row)
-                    keep_tokens.append(token)
-                    keep_scores.append(value)
-                    keep_owner.append(b)
-                    keep_hist.append(histories[row] + (token,))
-                    live += 1
-            if len(finished[b]) >= k or length >= limits[b]:  # done: drop its live hypotheses
-                drop = len(keep_owner) - live
-                del keep_rows[drop:], keep_tokens[drop:], keep_scores[drop:], keep_owner[drop:], keep_hist[drop:]
-        owner = np.array(keep_owner, dtype=np.int64)
-        if not len(owner):
+        vocab = logprobs.shape[1]
+        # candidates per live input: its rows (up to `beam`; missing ones -inf) x the vocabulary
+        inputs, first, counts = np.unique(owner, return_index=True, return_counts=True)
+        slot = np.arange(len(owner)) - np.repeat(first, counts)  # position of each row within its input
+        rows = np.full((len(inputs), k), -1)
+        rows[np.repeat(np.arange(len(inputs)), counts), slot] = np.arange(len(owner))
+        candidates = np.where(rows[..., None] >= 0, scores[rows][..., None] + logprobs[rows], -np.inf)
+        at_limit = length >= limits[inputs]
+        candidates[at_limit, :, :EOS_ID] = -np.inf  # at the maximum length only <eos> may follow
+        candidates[at_limit, :, EOS_ID + 1 :] = -np.inf
+        flat = candidates.reshape(len(inputs), k * vocab)
+        order = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * k]  # ties: lower row, then lower token id
+        values = np.take_along_axis(flat, order, axis=1)
+        source_row = np.take_along_axis(rows, order // vocab, axis=1)
+        token = order % vocab
+        valid = np.isfinite(values)
+        eos = valid & (token == EOS_ID)
+        # <eos> among the best `beam` finishes a hypothesis (beam 1: greedy), in rank order
+        for i, j in zip(*np.nonzero(eos[:, :k]), strict=True):
+            b = inputs[i]
+            if len(finished[b]) < k:
+                body = tuple(int(t) for t in history[source_row[i, j]])
+                value = float(values[i, j])
+                finished[b].append(Hypothesis(body, value, value / penalty(len(body) + 1, s.length_penalty)))
+        extend = valid & ~eos
+        extend &= np.cumsum(extend, axis=1) <= k  # the best `beam` that do not end
+        done = np.array([len(finished[b]) >= k for b in inputs]) | at_limit
+        extend[done] = False  # an input with `beam` finished hypotheses, or at its limit, is over
+        i, j = np.nonzero(extend)  # input-major, then rank: the order the rows are kept in
+        if not len(i):
             break
-        state = select(state, np.array(keep_rows, dtype=np.int64))
-        tokens = np.array(keep_tokens, dtype=np.int64)
-        scores = np.array(keep_scores)
-        histories = keep_hist
+        kept = source_row[i, j]
+        state = select(state, kept)
+        tokens = token[i, j]
+        scores = values[i, j]
+        owner = inputs[i]
+        history = np.concatenate([history[kept], tokens[:, None]], axis=1)
     # best first; equal scores keep the order they finished in (sorted is stable)
     return [sorted(hyps, key=lambda h: -h.score)[: s.nbest] for hyps in finished]
