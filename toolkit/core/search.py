@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.core.data.batching import pad
 from toolkit.core.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 NEVER = (PAD_ID, BOS_ID)
@@ -135,3 +136,21 @@ def decode(
         history = np.concatenate([history[kept], tokens[:, None]], axis=1)
     # best first; equal scores keep the order they finished in (sorted is stable)
     return [sorted(hyps, key=lambda h: -h.score)[: s.nbest] for hyps in finished]
+
+
+def decode_batches(
+    sources: Sequence[np.ndarray],
+    encode: Callable[[np.ndarray, np.ndarray], object],
+    step: Callable[[np.ndarray, object], tuple[np.ndarray, object]],
+    select: Callable[[object, np.ndarray], object],
+    search: Search,
+    batch_size: int = 64,
+) -> list[list[Hypothesis]]:
+    """`decode` over `sources` (token ids [S] each) `batch_size` at a time, in input order:
+    `encode(ids [B, S], lengths [B])` gives a padded batch's initial decoder state."""
+    results: list[list[Hypothesis]] = []
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start : start + batch_size]
+        ids, lengths = pad(chunk, dtype=np.int64)
+        results += decode(step, select, encode(ids, lengths), [len(x) for x in chunk], search)
+    return results

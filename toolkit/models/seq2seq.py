@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.core.config import ModelConfig
-from toolkit.core.data.batching import pad
 from toolkit.core.data.types import PAD_TARGET, InputSpec, OutputSpec
 from toolkit.core.data.vocab import BOS_ID, PAD_ID
-from toolkit.core.search import Hypothesis, Search, decode
+from toolkit.core.search import Hypothesis, Search, decode_batches
 from toolkit.models.encoder import RecurrentEncoder, State
 
 
@@ -111,24 +110,22 @@ def translate(
     """The n-best of each source (token ids [S]), decoded by the shared search in float64 log-
     probabilities from the torch model (eval mode), batch by batch."""
     device = next(model.parameters()).device
-    results: list[list[Hypothesis]] = []
+
+    def encode(ids, lengths):
+        memory, mask, state = model.encode(torch.from_numpy(ids).to(device), torch.from_numpy(lengths))
+        return state, memory, mask
+
+    def step(tokens, carried):
+        state, memory, mask = carried
+        previous = torch.from_numpy(tokens).to(device)[:, None]
+        logits, state = model.decode(previous, state, memory, mask)
+        return F.log_softmax(logits[:, 0].double(), dim=-1).cpu().numpy(), (state, memory, mask)
+
+    def select(carried, rows):
+        state, memory, mask = carried
+        index = torch.from_numpy(rows).to(device)
+        state = [tuple(t[:, index] for t in s) if isinstance(s, tuple) else s[:, index] for s in state]
+        return state, memory[index], mask[index]
+
     with torch.no_grad():
-        for start in range(0, len(sources), batch_size):
-            chunk = sources[start : start + batch_size]
-            ids, lengths = pad(chunk, dtype=np.int64)
-            memory, mask, state = model.encode(torch.from_numpy(ids).to(device), torch.from_numpy(lengths))
-
-            def step(tokens, carried):
-                state, memory, mask = carried
-                previous = torch.from_numpy(tokens).to(device)[:, None]
-                logits, state = model.decode(previous, state, memory, mask)
-                return F.log_softmax(logits[:, 0].double(), dim=-1).cpu().numpy(), (state, memory, mask)
-
-            def select(carried, rows):
-                state, memory, mask = carried
-                index = torch.from_numpy(rows).to(device)
-                state = [tuple(t[:, index] for t in s) if isinstance(s, tuple) else s[:, index] for s in state]
-                return state, memory[index], mask[index]
-
-            results += decode(step, select, (state, memory, mask), [len(s) for s in chunk], search)
-    return results
+        return decode_batches(sources, encode, step, select, search, batch_size)

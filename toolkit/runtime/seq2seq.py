@@ -8,8 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toolkit.core.data.batching import pad
-from toolkit.core.search import Hypothesis, Search, decode
+from toolkit.core.search import Hypothesis, Search, decode_batches
 from toolkit.runtime.providers import make_session
 
 #: What the decoder step may take besides `previous` and the state, all from encoder.onnx and
@@ -21,6 +20,7 @@ class Translator:
     def __init__(self, encoder: bytes, decoder_step: bytes, device: str = "cpu", threads: int | None = None):
         self.encoder = make_session(encoder, device, threads)
         self.decoder = make_session(decoder_step, device, threads)
+        self.encoded = [o.name for o in self.encoder.get_outputs()]
         self.outputs = [o.name for o in self.decoder.get_outputs()]
         self.state = [n.removesuffix("_next") for n in self.outputs if n.endswith("_next")]
         wanted = {i.name for i in self.decoder.get_inputs()}
@@ -29,15 +29,11 @@ class Translator:
 
     def translate(self, sources: Sequence[np.ndarray], search: Search, batch_size: int = 64) -> list[list[Hypothesis]]:
         """The n-best of each source (token ids [S], each at least one step), in input order."""
-        results: list[list[Hypothesis]] = []
-        for start in range(0, len(sources), batch_size):
-            chunk = sources[start : start + batch_size]
-            ids, lengths = pad(chunk, dtype=np.int64)
-            names = [o.name for o in self.encoder.get_outputs()]
-            encoded = dict(zip(names, self.encoder.run(None, {"tokens": ids, "lengths": lengths}), strict=True))
-            carried = {n: encoded[n] for n in (*self.state, *self.per_source)}
-            results += decode(self._step, _select, carried, [len(s) for s in chunk], search)
-        return results
+        return decode_batches(sources, self._encode, self._step, self._select, search, batch_size)
+
+    def _encode(self, ids: np.ndarray, lengths: np.ndarray) -> dict:
+        encoded = dict(zip(self.encoded, self.encoder.run(None, {"tokens": ids, "lengths": lengths}), strict=True))
+        return {n: encoded[n] for n in (*self.state, *self.per_source)}
 
     def _step(self, tokens: np.ndarray, carried: dict) -> tuple[np.ndarray, dict]:
         got = self.decoder.run(self.outputs, {"previous": tokens, **carried})
@@ -45,8 +41,7 @@ class Translator:
         carried = {**carried, **{n: named[f"{n}_next"] for n in self.state}}
         return named["logprobs"].astype(np.float64), carried
 
-
-def _select(carried: dict, rows: np.ndarray) -> dict:
-    """Keep hypothesis rows `rows`: the state's batch axis is 1 ([layers, batch, hidden]), the
-    encoder outputs' axis 0."""
-    return {n: (v[:, rows] if n in ("h", "c") else v[rows]) for n, v in carried.items()}
+    def _select(self, carried: dict, rows: np.ndarray) -> dict:
+        """Keep hypothesis rows `rows`: the state's batch axis is 1 ([layers, batch, hidden]), the
+        encoder outputs' axis 0."""
+        return {n: (v[:, rows] if n in self.state else v[rows]) for n, v in carried.items()}
