@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import click
 
 from cli.main import local_bundle, model_argument, user_errors
+from toolkit.triton.options import Options
 
 
 @click.group()
@@ -22,47 +24,47 @@ def _default_name(model: str) -> str:
     return name.removesuffix("_python") or "rnnkit"
 
 
+# Flags that set a toolkit.triton.options.Options field (defaults come from Options): field ->
+# (flag, click type, help).
+OPTIONS = {
+    "max_batch_size": ("--max-batch-size", click.IntRange(1, 65536), "Largest batch Triton forms."),
+    "max_queue_delay_us": (
+        "--max-queue-delay-us",
+        click.IntRange(0),
+        "How long Triton may hold a request to batch it with others.",
+    ),
+    "max_sequences": (
+        "--max-sequences",
+        click.IntRange(1),
+        "Streams with state held at once per model instance (sequence batcher, oldest strategy).",
+    ),
+    "idle_timeout_s": (
+        "--idle-timeout",
+        click.FloatRange(0.001),
+        "Seconds after which a silent stream is ended and its state dropped.",
+    ),
+    "instances": ("--instances", click.IntRange(1, 64), "Instances per device."),
+    "device": (
+        "--device",
+        click.Choice(["auto", "cpu", "cuda"]),
+        "Where the onnxruntime-backend model runs (KIND_AUTO, KIND_CPU, KIND_GPU).",
+    ),
+    "max_steps": ("--max-steps", click.IntRange(1), "Longest chunk (or sequence) the Python-backend model accepts."),
+}
+
+
+def triton_options(fn):
+    defaults = {f.name: f.default for f in dataclasses.fields(Options)}
+    for name, (flag, kind, text) in reversed(OPTIONS.items()):
+        fn = click.option(flag, name, type=kind, default=defaults[name], show_default=True, help=text)(fn)
+    return fn
+
+
 @deploy.command()
 @model_argument
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model repository to write.")
 @click.option("--name", help="Triton model name (default: the bundle's directory or registered name).")
-@click.option("--max-batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
-@click.option(
-    "--max-queue-delay-us",
-    type=click.IntRange(0),
-    default=500,
-    show_default=True,
-    help="How long Triton may hold a request to batch it with others.",
-)
-@click.option(
-    "--max-sequences",
-    type=click.IntRange(1),
-    default=1024,
-    show_default=True,
-    help="Streams with state held at once per model instance (sequence batcher, oldest strategy).",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(0.001),
-    default=60.0,
-    show_default=True,
-    help="Seconds after which a silent stream is ended and its state dropped.",
-)
-@click.option("--instances", type=click.IntRange(1, 64), default=1, show_default=True, help="Instances per device.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the onnxruntime-backend model runs (KIND_AUTO, KIND_CPU, KIND_GPU).",
-)
-@click.option(
-    "--max-steps",
-    type=click.IntRange(1),
-    default=4096,
-    show_default=True,
-    help="Longest chunk (or sequence) the Python-backend model accepts.",
-)
+@triton_options
 @click.option("--allow-unverified", is_flag=True, help="Deploy a bundle whose parity check failed.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
 @user_errors
@@ -73,18 +75,9 @@ def triton(model, out, name, as_json, allow_unverified, **options):
 
     MODEL is a bundle directory or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS).
     """
-    from toolkit.triton.config import Options
     from toolkit.triton.repository import write_repository
 
-    opts = Options(
-        max_batch_size=options["max_batch_size"],
-        max_queue_delay_us=options["max_queue_delay_us"],
-        max_sequences=options["max_sequences"],
-        idle_timeout_s=options["idle_timeout"],
-        instances=options["instances"],
-        device=options["device"],
-        max_steps=options["max_steps"],
-    )
+    opts = Options(**options)
     bundle = local_bundle(model, allow_unverified)
     written = write_repository(bundle, out, name or _default_name(model), opts, allow_unverified)
     cert = written.certificate

@@ -12,14 +12,13 @@ Three kinds of model (see repository.py for which bundle gets which):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx
 from google.protobuf import text_format
 
 from toolkit.core import tasks
 from toolkit.core.errors import RnnkitError
 from toolkit.triton.graph import READY, START
+from toolkit.triton.options import Options
 
 END, CORRID = "END", "CORRID"
 KIND = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "cuda": "KIND_GPU"}
@@ -28,19 +27,6 @@ _DTYPE = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT
 
 class TritonConfigError(RnnkitError):
     exit_code = 2
-
-
-@dataclass(frozen=True)
-class Options:
-    """What a user tunes per deployment (the `rnnkit deploy triton` flags)."""
-
-    max_batch_size: int = 64
-    max_queue_delay_us: int = 500
-    max_sequences: int = 1024  # oldest strategy: sequences with state held at once
-    idle_timeout_s: float = 60.0  # a sequence silent this long is ended and its state dropped
-    instances: int = 1
-    device: str = "auto"  # where the onnxruntime-backend instances run: auto | cpu | cuda
-    max_steps: int = 4096  # the Python model refuses a longer chunk or sequence
 
 
 def pb():

@@ -34,6 +34,7 @@ from toolkit.core.errors import RnnkitError
 from toolkit.runtime.providers import make_session
 from toolkit.triton import config as triton_config
 from toolkit.triton.graph import READY, START, batch_first_step
+from toolkit.triton.options import Options
 
 MARKER = "rnnkit-triton.json"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -58,12 +59,12 @@ def write_repository(
     bundle: str | Path,
     out: str | Path,
     name: str,
-    opts: triton_config.Options | None = None,
+    opts: Options | None = None,
     allow_unverified: bool = False,
     seed: int = 0,
 ) -> Written:
     """Write the model repository for `bundle` at `out` (replacing one written earlier)."""
-    opts = opts or triton_config.Options()
+    opts = opts or Options()
     if not NAME.match(name) or name.endswith("_python"):
         raise TritonRepositoryError(
             f"--name {name!r}: a Triton model name here is 1-64 letters, digits, '_', '.' or '-', not starting "
