@@ -42,9 +42,14 @@ def load_file(
     require_target=False labels/targets are optional (Example.target None where absent).
     """
     d = config.data
-    read = {"level": d.level, "lowercase": d.lowercase, "target_level": d.target_level}
-    records = read_records(path, config.task, d.format, require_target, **read)
+    records = read_records(path, config.task, d.format, require_target, **_reading(config))
     return encode_records(records, config, input_spec, output_spec, require_target)
+
+
+def _reading(config: Config) -> dict:
+    """How the config reads text: read_records' keyword arguments."""
+    d = config.data
+    return {"level": d.level, "lowercase": d.lowercase, "target_level": d.target_level}
 
 
 def load_data(config: Config) -> Prepared:
@@ -57,7 +62,7 @@ def load_data(config: Config) -> Prepared:
     task = config.task
     if not d.data:
         raise ConfigError("data.data is not set: give the training file (for lm, a text file or a directory)")
-    read = {"level": d.level, "lowercase": d.lowercase, "target_level": d.target_level}
+    read = _reading(config)
     records = read_records(d.data, task, d.format, True, **read)
     notes = list(records.notes)
     labels = label_universe(records) if tasks.of(task).predicts == "labels" else None
