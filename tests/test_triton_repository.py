@@ -64,6 +64,7 @@ def test_configs_parse_back_and_match_their_graphs(repositories, name):
     # the two models are interchangeable for a client: same inputs (less `lengths`) and outputs
     ort_in, ort_out = _io(ort_config)
     assert _io(python_config) == ([i for i in ort_in if i[0] != "lengths"], ort_out)
+    assert python_config.input[0].allow_ragged_batch  # requests of different lengths share an execute()
     if streams:
         states = {(s.input_name, s.output_name, tuple(s.dims)) for s in ort_config.sequence_batching.state}
         want = {(s["name"], s["output"], (s["shape"][0], s["shape"][2])) for s in manifest["state"]}
