@@ -103,6 +103,10 @@ class BaseMetrics:
     def _compute(self) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def names(self) -> tuple[str, ...]:
+        """Every metric this accumulator can report (what a monitor may name)."""
+        return tuple(self.compute())
+
 
 # ------------------------------------------------------------------------------------------- classify
 
@@ -400,9 +404,10 @@ class Seq2SeqMetrics(BaseMetrics):
         self.correct += int(hits.sum())
         self.steps += int(mask.sum())
 
-    #: Every metric this accumulator may report (each only once what it needs was seen: a
-    #: training pass is teacher-forced only, a validation pass also decoded).
-    NAMES = ("token_accuracy", "exact_match", "sequence_error_rate", "error_rate")
+    def names(self) -> tuple[str, ...]:
+        """Each is reported only once what it needs was seen: a training pass is teacher-forced
+        only, a validation pass also decoded."""
+        return ("token_accuracy", "exact_match", "sequence_error_rate", "error_rate")
 
     def _compute(self) -> dict[str, float]:
         result = {}

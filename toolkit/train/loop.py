@@ -132,8 +132,7 @@ class _Run:
         labels = prepared.output.labels
         self.monitor, self.mode = default_monitor(self.task, labels)
         if config.train.monitor:  # checked before anything is written, against this task's metrics
-            metrics = metrics_for(self.task, labels, config.data.level)
-            known = {"loss", *metrics.compute(), *getattr(metrics, "NAMES", ())}
+            known = {"loss", *metrics_for(self.task, labels, config.data.level).names()}
             if config.train.monitor not in known:
                 raise ConfigError(
                     f"train.monitor {config.train.monitor!r} is not a metric of task {self.task}; "
@@ -375,8 +374,7 @@ def task_loss(
     if tasks.of(task).loss == "cross_entropy":  # per sequence or per step; padded steps ignored
         flat = targets.reshape(-1)
         logits = y.reshape(flat.shape[0], -1)
-        smoothing = {"label_smoothing": label_smoothing} if label_smoothing else {}
-        loss = F.cross_entropy(logits, flat, ignore_index=PAD_TARGET, reduction="sum", **smoothing)
+        loss = F.cross_entropy(logits, flat, ignore_index=PAD_TARGET, reduction="sum", label_smoothing=label_smoothing)
         return loss, int((flat != PAD_TARGET).sum())
     # squared_error: on the normalised scale, padded steps masked out
     err = (model.normalised(y) - model.normalised(targets.float())) ** 2
