@@ -22,6 +22,7 @@ from toolkit.core.data import load_file
 from toolkit.core.search import Search
 from toolkit.export.seq2seq_graph import build_decoder_step_graph, build_encoder_graph
 from toolkit.models.seq2seq import translate
+from toolkit.runtime.providers import make_session
 from toolkit.runtime.seq2seq import Translator
 from toolkit.train.checkpoint import load_model
 
@@ -40,9 +41,8 @@ def main() -> None:
     sources = [ex.inputs for ex in load_file(args.data, cfg, inp, out, require_target=False).examples][: args.words]
     weights = {k: v.numpy() for k, v in model.state_dict().items()}
     translator = Translator(
-        build_encoder_graph(weights, cfg.model, inp, out).SerializeToString(),
-        build_decoder_step_graph(weights, cfg.model, inp, out).SerializeToString(),
-        threads=args.threads,
+        make_session(build_encoder_graph(weights, cfg.model, inp, out).SerializeToString(), "cpu", args.threads),
+        make_session(build_decoder_step_graph(weights, cfg.model, inp, out).SerializeToString(), "cpu", args.threads),
     )
     rows = []
     for name, search in (("greedy", Search(beam=1)), ("beam 5", Search(beam=5, length_penalty=0.6))):

@@ -14,13 +14,14 @@ def print_report(report, as_json: bool, extra: dict | None = None) -> None:
     if as_json:
         click.echo(json.dumps({**report.to_dict(), **(extra or {})}))
         return
-    head = f"{'case':<44} {'graph':<10} {'provider':<8} {'max abs':>8} {'fp32 err':>8} {'budget':>8} {'margin':>6}"
+    width = max(10, *(len(c.graph) for c in report.cases))
+    head = f"{'case':<44} {'graph':<{width}} {'provider':<8} {'max abs':>8} {'fp32 err':>8} {'budget':>8} {'margin':>6}"
     click.echo(head + "  result")
     for c in report.cases:
         provider = c.provider.removesuffix("ExecutionProvider")
         verdict = "pass" if c.passed else "FAIL"
         click.echo(
-            f"{c.name:<44} {c.graph:<10} {provider:<8} {c.max_abs:8.1e} {c.noise:8.1e} {c.budget:8.1e} "
+            f"{c.name:<44} {c.graph:<{width}} {provider:<8} {c.max_abs:8.1e} {c.noise:8.1e} {c.budget:8.1e} "
             f"{c.margin:6.3f}  {verdict}"
         )
     summary, rule = report.summary(), report.rule

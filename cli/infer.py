@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.main import engine_options, local_bundle, model_argument, user_errors
+from cli.main import engine_options, local_bundle, model_argument, search_options, user_errors
 
 
 @click.command()
@@ -15,10 +15,14 @@ from cli.main import engine_options, local_bundle, model_argument, user_errors
 @click.option("--output", "output_path", required=True, help="JSON Lines to write: one result per sequence.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences per call.")
 @engine_options
+@search_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @user_errors
-def infer(model, input_path, output_path, batch_size, device, threads, allow_unverified, as_json):
+def infer(model, input_path, output_path, batch_size, device, threads, allow_unverified, search, as_json):
     """Run MODEL on every sequence of a file (bidirectional models included); metrics if labelled.
+
+    A seq2seq model decodes each source (greedy, or --beam N with --nbest K) and writes
+    {"prediction": [...], "score": ..., "nbest": [...]} per source.
 
     MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/model (downloaded once, then run from the local cache).
@@ -31,9 +35,14 @@ def infer(model, input_path, output_path, batch_size, device, threads, allow_unv
 
     bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
+    if engine.translator is None and search != type(search)():
+        task = engine.manifest["task"]
+        raise click.UsageError(
+            f"--beam, --nbest, --length-penalty and --max-len-* decode seq2seq models; {model} is {task}"
+        )
     # On a terminal only, and only once a run has taken half a second: small inputs stay quiet.
     with tqdm(desc="infer", unit="seq", disable=None, delay=0.5, leave=False) as bar:
-        results, metrics = infer_file(engine, input_path, batch_size=batch_size, progress=bar)
+        results, metrics = infer_file(engine, input_path, batch_size=batch_size, progress=bar, search=search)
     atomic_write_bytes(output_path, "".join(json.dumps(r) + "\n" for r in results).encode("utf-8"))
     summary = {"sequences": len(results), "output": output_path, "provider": engine.provider, "metrics": metrics}
     if as_json:

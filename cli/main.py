@@ -70,6 +70,42 @@ def engine_options(fn):
     return fn
 
 
+def search_options(fn):
+    """--beam, --nbest, --length-penalty, --max-len-a, --max-len-b (seq2seq decoding), passed to
+    the command as one `search` (toolkit.core.search.Search)."""
+    options = [
+        click.option(
+            "--beam", type=click.IntRange(min=1), default=1, show_default=True, help="seq2seq: beam size (1: greedy)."
+        ),
+        click.option("--nbest", type=click.IntRange(min=1), default=1, help="seq2seq: hypotheses per input (<= beam)."),
+        click.option(
+            "--length-penalty",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            help="seq2seq: GNMT length penalty alpha (0: the plain sum of log-probabilities).",
+        ),
+        click.option(
+            "--max-len-a", type=click.FloatRange(min=0), default=2.0, help="seq2seq: at most A x |source| + B tokens."
+        ),
+        click.option("--max-len-b", type=click.IntRange(min=0), default=10, help="seq2seq: see --max-len-a."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args, beam, nbest, length_penalty, max_len_a, max_len_b, **kwargs):
+        from toolkit.core.search import Search
+
+        search = Search(beam, nbest, length_penalty, max_len_a, max_len_b)
+        try:
+            search.check()
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        return fn(*args, search=search, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def message_size_option(what: str):
     """--max-message-bytes, for the commands that read stream messages."""
     return click.option(

@@ -87,6 +87,8 @@ def serve(model, host, port, device, threads, allow_unverified, allow_hosts, all
     hosts = list(allow_hosts) or default_hosts(host)
     settings = Settings(allow_hosts=hosts, allow_origins=list(allow_origins), **limits)
     app = create_app(engine, settings, source=model)
-    mode = "streams and full sequences" if engine.step is not None else "full sequences only (bidirectional)"
+    mode = (
+        "streams and full sequences" if engine.step is not None else "whole sequences only: " + engine.why_not_streaming
+    )
     click.echo(f"serving {bundle} on {engine.provider}: {mode}; http://{host}:{port}", err=True)
     serve(app, host, port, settings.max_message_bytes, access_log=access_log)

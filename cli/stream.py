@@ -40,10 +40,7 @@ def stream(model, device, threads, max_chunk, max_message_bytes, allow_unverifie
     bundle = local_bundle(model, allow_unverified)
     engine = Engine(bundle, device=device, threads=threads, allow_unverified=allow_unverified)
     if engine.step is None:
-        raise BundleError(
-            f"{bundle} holds a bidirectional model: its backward direction needs each whole sequence, so it "
-            f"cannot be streamed; run whole sequences with `rnnkit infer {bundle} --input FILE`"
-        )
+        raise BundleError(f"{bundle} cannot be streamed: {engine.why_not_streaming}")
     click.echo(f"streaming {bundle} on {engine.provider}", err=True)
     codec = Codec(engine.manifest, max_chunk=max_chunk)
     streams = {}

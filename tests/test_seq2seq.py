@@ -49,17 +49,26 @@ def config(tmp_path, cell="lstm", bidirectional=False, attention="none", epochs=
 @pytest.mark.parametrize("attention", ["none", "additive", "multiplicative"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_every_encoder_cell_direction_and_attention_trains(tmp_path, cell, bidirectional, attention):
+def test_every_encoder_cell_direction_and_attention_trains_and_is_certified(tmp_path, cell, bidirectional, attention):
+    """Its loss falls, and its export (encoder.onnx + decoder_step.onnx) passes the certificate."""
+    from toolkit.export.exporter import export
     from toolkit.train.loop import train
 
     result = train(config(tmp_path, cell, bidirectional, attention), progress=False, log=lambda m: None)
     first, last = result.history[0], result.history[-1]
+    exported = export(tmp_path / "run", tmp_path / "bundle", seed=0)
+    summary = exported.report.summary()
+    decoded = [c for c in exported.report.cases if hasattr(c, "identical")]
     print(
         f"{cell} {'bi' if bidirectional else 'uni'} {attention}: train loss {first['train_loss']:.3f} -> "
-        f"{last['train_loss']:.3f}; val error_rate {last['val_error_rate']:.3f}, exact {last['val_exact_match']:.2f}"
+        f"{last['train_loss']:.3f}; val error_rate {last['val_error_rate']:.3f}, exact {last['val_exact_match']:.2f}; "
+        f"certificate {summary['cases'] - summary['failed']}/{summary['cases']}, worst margin "
+        f"{summary['worst_margin']:.3f}; decoded identical {[c.identical for c in decoded]}, "
+        f"near-ties {[len(c.near_ties) for c in decoded]}"
     )
     assert last["train_loss"] < 0.8 * first["train_loss"]
     assert result.monitor == "val_error_rate" and last["val_error_rate"] >= 0
+    assert exported.written and exported.report.passed, [f"{c.name}: {c.reason}" for c in exported.report.failures]
 
 
 def tiny(attention="additive", cell="lstm", bidirectional=True, **kw) -> Seq2SeqModel:
@@ -97,7 +106,7 @@ def test_stepping_the_decoder_computes_what_teacher_forcing_computes(kw):
             memory, mask, state = model.encode(torch.from_numpy(src)[None], None)
             previous = BOS_ID
             for t, token in enumerate(target):
-                logits, state = model.decode(torch.tensor([[previous]]), state, memory, mask)
+                logits, state, _ = model.decode(torch.tensor([[previous]]), state, memory, mask)
                 worst = max(worst, float((logits[0, 0] - forced[b, t]).abs().max()))
                 previous = int(token)
     print(f"{kw}: max |step - teacher forcing| {worst:.2e} (float64)")
@@ -156,7 +165,7 @@ def test_the_run_directory_round_trips_and_evaluate_scores_a_test_file(tmp_path)
     assert {"loss", "token_accuracy", "exact_match", "error_rate", "sequence_error_rate"} <= set(scores)
 
 
-def test_the_cli_trains_a_seq2seq_model_and_says_export_is_not_there_yet(tmp_path):
+def test_the_cli_trains_and_exports_a_seq2seq_model(tmp_path):
     data = reverse_pairs(tmp_path / "pairs.tsv.jsonl")
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text(
@@ -165,12 +174,15 @@ def test_the_cli_trains_a_seq2seq_model_and_says_export_is_not_there_yet(tmp_pat
     )
     common = ["train", "--task", "seq2seq", "--data", tsv, "--target-level", "word", "--attention", "additive"]
     common += ["--hidden-size", "16", "--embedding-dim", "8", "--epochs", "2", "--device", "cpu", "--no-mlflow"]
-    refused = helpers.in_process([*common, "--out", tmp_path / "r1"])
-    print(refused.stderr)
-    assert refused.returncode == 2 and "--no-export" in refused.stderr and not (tmp_path / "r1").exists()
+    exported = helpers.in_process([*common, "--out", tmp_path / "r1", "--json"])
+    assert exported.returncode == 0, exported.stderr
+    summary = json.loads(exported.stdout.strip().splitlines()[-1])
+    print(summary["parity"])
+    assert summary["parity"]["passed"] and (tmp_path / "r1" / "bundle" / "decoder_step.onnx").is_file()
     trained = helpers.in_process([*common, "--out", tmp_path / "r2", "--no-export", "--label-smoothing", "0.1"])
     assert trained.returncode == 0, trained.stderr
     assert json.loads((tmp_path / "r2" / "config.json").read_text())["train"]["label_smoothing"] == 0.1
+    assert not (tmp_path / "r2" / "bundle").exists()
 
 
 VARIANTS = [
@@ -214,7 +226,7 @@ def test_the_onnx_encoder_and_decoder_step_compute_what_torch_computes(kw):
         feed = {"previous": previous, **feeds, **{k: encoded[k] for k in ("memory", "keys", "mask") if k in needs}}
         got = dict(zip([o.name for o in step.get_outputs()], step.run(None, feed), strict=True))
         with torch.no_grad():
-            logits, state = model.decode(torch.from_numpy(previous)[:, None], state, memory, mask)
+            logits, state, _ = model.decode(torch.from_numpy(previous)[:, None], state, memory, mask)
         want = torch.log_softmax(logits[:, 0], -1).numpy()
         worst_step = max(worst_step, float(np.abs(got["logprobs"] - want).max()))
         feeds = {n: got[f"{n}_next"] for n in names}
@@ -227,6 +239,7 @@ def test_onnx_runtime_decodes_what_torch_decodes_on_a_trained_model(tmp_path):
     """The same search over ONNX Runtime's float32 steps and torch's float64 ones: greedy and
     beam 4 outputs identical on 300 sources (a trained model: no near-ties by chance)."""
     from toolkit.export.seq2seq_graph import build_decoder_step_graph, build_encoder_graph
+    from toolkit.runtime.providers import make_session
     from toolkit.runtime.seq2seq import Translator
     from toolkit.train.checkpoint import load_model
     from toolkit.train.loop import train
@@ -235,8 +248,8 @@ def test_onnx_runtime_decodes_what_torch_decodes_on_a_trained_model(tmp_path):
     model, cfg, inp, out = load_model(tmp_path / "run")
     weights = {k: v.numpy() for k, v in model.state_dict().items()}
     translator = Translator(
-        build_encoder_graph(weights, cfg.model, inp, out).SerializeToString(),
-        build_decoder_step_graph(weights, cfg.model, inp, out).SerializeToString(),
+        make_session(build_encoder_graph(weights, cfg.model, inp, out).SerializeToString(), "cpu"),
+        make_session(build_decoder_step_graph(weights, cfg.model, inp, out).SerializeToString(), "cpu"),
     )
     rng = np.random.default_rng(5)
     sources = [rng.integers(4, len(inp.vocab), n) for n in rng.integers(1, 8, 300)]

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.core import tasks
 from toolkit.core.config import Config
 from toolkit.core.errors import ConfigError, RnnkitError
 
@@ -94,10 +93,6 @@ def run(
         raise ConfigError("registering needs MLflow and the export (drop --no-mlflow / --no-export)")
     if aliases and not register:
         raise ConfigError("an alias needs a registered name (--register NAME)")
-    if export and tasks.of(config.task).predicts == "sequences":
-        from toolkit.export.exporter import NO_SEQ2SEQ_EXPORT
-
-        raise ConfigError(NO_SEQ2SEQ_EXPORT)
     tracker = None
     if mlflow:
         from toolkit.tracking.training import Tracker

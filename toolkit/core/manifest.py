@@ -62,9 +62,20 @@ class FeaturesInput(Strict):
 
 
 class Output(Strict):
-    name: Literal["logits", "values"]
+    name: Literal["logits", "values", "logprobs"]  # logprobs: decoder_step.onnx's (seq2seq)
     per_step: StrictBool
     labels: list[StrictStr] | None = Field(None, min_length=1, max_length=MAX_VOCAB)
+    # seq2seq: the target vocabulary (<pad> <unk> <bos> <eos> first) and its level
+    vocab: list[StrictStr] | None = Field(None, min_length=4, max_length=MAX_VOCAB)
+    vocab_size: Annotated[StrictInt, Field(ge=4, le=MAX_VOCAB)] | None = None
+    level: Literal["char", "word"] | None = None
+
+    @model_validator(mode="after")
+    def sized(self):
+        if (self.vocab is None) != (self.vocab_size is None) or (self.vocab and len(self.vocab) != self.vocab_size):
+            raise ValueError("vocab and vocab_size go together, vocab_size being the number of vocab entries")
+        return self
+
     num_targets: Count | None = None
     target_mean: list[Finite] | None = Field(None, max_length=MAX_WIDTH)
     target_std: list[Positive] | None = Field(None, max_length=MAX_WIDTH)
@@ -76,6 +87,7 @@ class Reader(Strict):
     target_columns: list[Name] | None = Field(max_length=MAX_WIDTH)
     horizon: Annotated[StrictInt, Field(ge=1, le=2**31)]
     columns: list[Name] | None = Field(None, min_length=1, max_length=MAX_WIDTH)  # a csv series' feature columns
+    target_level: Literal["char", "word"] | None = None  # seq2seq: how target text was split
 
 
 class State(Strict):
@@ -94,12 +106,21 @@ class Graph(Strict):
     bytes: Annotated[StrictInt, Field(ge=1, le=MAX_GRAPH_BYTES)] | None = None  # since 0.2; bounds the read
 
 
+class DecoderInfo(Strict):
+    cell: Literal["rnn", "lstm", "gru"]
+    num_layers: Annotated[StrictInt, Field(ge=1, le=MAX_LAYERS)]
+    hidden_size: Count
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     cell: Literal["rnn", "lstm", "gru"]
     num_layers: Annotated[StrictInt, Field(ge=1, le=MAX_LAYERS)]
     hidden_size: Count
     bidirectional: StrictBool
+    # seq2seq: the decoder (its state is the manifest's `state`) and the attention over the encoder
+    decoder: DecoderInfo | None = None
+    attention: Literal["none", "additive", "multiplicative"] | None = None
 
 
 class Parity(BaseModel):
@@ -121,17 +142,19 @@ class Manifest(Strict):
     state: list[State] | None = Field(min_length=1, max_length=2)
     precision: Literal["fp32"]
     opset: Annotated[StrictInt, Field(ge=7, le=100)]
-    graphs: dict[Literal["model.onnx", "step.onnx"], Graph]
+    graphs: dict[Literal["model.onnx", "step.onnx", "encoder.onnx", "decoder_step.onnx"], Graph]
     producer: dict = Field(default_factory=dict)
     parity: Parity
     source: dict = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def consistent(self):
+        if tasks.of(self.task).predicts == "sequences":
+            return self._consistent_seq2seq()
         if self.model.bidirectional != (self.state is None):
             raise ValueError("state must be null exactly when the model is bidirectional")
-        if "model.onnx" not in self.graphs:
-            raise ValueError("graphs must list model.onnx")
+        if not {"model.onnx"} <= set(self.graphs) <= {"model.onnx", "step.onnx"}:
+            raise ValueError("graphs must be model.onnx, and step.onnx for a unidirectional model")
         if (self.state is None) == ("step.onnx" in self.graphs):
             raise ValueError("a bundle has step.onnx and a state spec together (unidirectional) or neither")
         columns = self.reader.columns if self.reader is not None else None
@@ -139,6 +162,25 @@ class Manifest(Strict):
             raise ValueError("reader.columns must name each of the input's features (num_features of them)")
         if tasks.of(self.task).predicts == "labels" and not self.output.labels:
             raise ValueError(f"a {self.task} bundle's output needs its labels")
+        return self
+
+    def _consistent_seq2seq(self):
+        """An encoder-decoder: encoder.onnx and decoder_step.onnx, the decoder's state spec (at its
+        width and depth), token ids in and log-probabilities over the target vocabulary out."""
+        if set(self.graphs) != {"encoder.onnx", "decoder_step.onnx"}:
+            raise ValueError("a seq2seq bundle's graphs are encoder.onnx and decoder_step.onnx")
+        if self.input.kind != "tokens" or self.output.name != "logprobs" or self.output.vocab is None:
+            raise ValueError("a seq2seq bundle takes tokens and outputs logprobs over its output vocab")
+        decoder = self.model.decoder
+        if decoder is None or self.model.attention is None or self.state is None:
+            raise ValueError("a seq2seq bundle's model names its decoder and attention, and state is the decoder's")
+        names = ["h", "c"] if decoder.cell == "lstm" else ["h"]
+        if [s.name for s in self.state] != names or any(
+            (s.shape[0], s.shape[2]) != (decoder.num_layers, decoder.hidden_size) for s in self.state
+        ):
+            raise ValueError(
+                f"state must be the decoder's {names}, [{decoder.num_layers}, batch, {decoder.hidden_size}]"
+            )
         return self
 
 

@@ -77,9 +77,16 @@ def decode(
     state: object,
     source_lengths: Sequence[int],
     search: Search,
+    margins: np.ndarray | None = None,
 ) -> list[list[Hypothesis]]:
     """The n-best hypotheses of each input, best first. `state` holds one row per input (the
-    decoder's initial state for it); the first tokens fed are <bos>."""
+    decoder's initial state for it); the first tokens fed are <bos>.
+
+    `margins` (float [inputs], optional) receives each input's decision margin: the smallest
+    gap between neighbouring candidates in any ranking the search made for it (the best
+    2 x beam + 1 extensions at each step, and the finished hypotheses' final order). Outputs
+    computed from log-probabilities that differ by less than about half of it cannot differ: the
+    parity certificate uses it to tell a near-tie from a wrong graph."""
     s = search.check()
     k = s.beam
     n_inputs = len(source_lengths)
@@ -108,7 +115,10 @@ def decode(
         candidates[at_limit, :, :EOS_ID] = -np.inf  # at the maximum length only <eos> may follow
         candidates[at_limit, :, EOS_ID + 1 :] = -np.inf
         flat = candidates.reshape(len(inputs), k * vocab)
-        order = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * k]  # ties: lower row, then lower token id
+        order = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * k + 1]  # ties: lower row, then lower token id
+        if margins is not None:
+            _narrow(margins, inputs, np.take_along_axis(flat, order, axis=1))
+        order = order[:, : 2 * k]
         values = np.take_along_axis(flat, order, axis=1)
         source_row = np.take_along_axis(rows, order // vocab, axis=1)
         token = order % vocab
@@ -135,7 +145,22 @@ def decode(
         owner = inputs[i]
         history = np.concatenate([history[kept], tokens[:, None]], axis=1)
     # best first; equal scores keep the order they finished in (sorted is stable)
-    return [sorted(hyps, key=lambda h: -h.score)[: s.nbest] for hyps in finished]
+    ranked = [sorted(hyps, key=lambda h: -h.score) for hyps in finished]
+    if margins is not None:
+        for b, hyps in enumerate(ranked):
+            _narrow(margins, np.array([b]), np.array([[h.score for h in hyps[: s.nbest + 1]]]))
+    return [hyps[: s.nbest] for hyps in ranked]
+
+
+def _narrow(margins: np.ndarray, inputs: np.ndarray, ranked: np.ndarray) -> None:
+    """margins[inputs] = min(itself, the smallest gap between neighbours of each row of `ranked`
+    (values best first; -inf, the impossible, leave no gap to count)."""
+    if ranked.shape[1] < 2:
+        return
+    with np.errstate(invalid="ignore"):  # -inf - -inf: no gap, masked next
+        gaps = ranked[:, :-1] - ranked[:, 1:]
+    gaps = np.where(np.isfinite(ranked[:, 1:]), gaps, np.inf)
+    np.minimum.at(margins, inputs, gaps.min(axis=1))
 
 
 def decode_batches(
@@ -145,12 +170,15 @@ def decode_batches(
     select: Callable[[object, np.ndarray], object],
     search: Search,
     batch_size: int = 64,
+    margins: np.ndarray | None = None,
 ) -> list[list[Hypothesis]]:
     """`decode` over `sources` (token ids [S] each) `batch_size` at a time, in input order:
-    `encode(ids [B, S], lengths [B])` gives a padded batch's initial decoder state."""
+    `encode(ids [B, S], lengths [B])` gives a padded batch's initial decoder state. `margins`:
+    as for `decode`, one per source."""
     results: list[list[Hypothesis]] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start : start + batch_size]
         ids, lengths = pad(chunk, dtype=np.int64)
-        results += decode(step, select, encode(ids, lengths), [len(x) for x in chunk], search)
+        part = None if margins is None else margins[start : start + len(chunk)]  # a view: filled in place
+        results += decode(step, select, encode(ids, lengths), [len(x) for x in chunk], search, part)
     return results

@@ -169,10 +169,13 @@ def of(name: str) -> Task:
 
 
 def names(manifest: dict) -> list[str] | None:
-    """What a bundle's class ids stand for: its labels, or its vocabulary for an lm."""
+    """What a bundle's class ids stand for: its labels, its vocabulary for an lm, its output
+    (target) vocabulary for seq2seq."""
     predicts = of(manifest["task"]).predicts
     if predicts == "labels":
         return manifest["output"]["labels"]
+    if predicts == "sequences":
+        return manifest["output"]["vocab"]
     return manifest["input"]["vocab"] if predicts == "tokens" else None
 
 

@@ -14,16 +14,12 @@ import torch
 from toolkit.core import tasks
 from toolkit.core.atomic import atomic_write_bytes
 from toolkit.core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
+from toolkit.core.data import pad_batch
 from toolkit.core.versions import installed
-from toolkit.export import parity
-from toolkit.export.graph import ExportGraphError, build_full_graph, build_step_graph, state_spec
+from toolkit.export import parity, seq2seq_parity
+from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
+from toolkit.export.seq2seq_graph import build_decoder_step_graph, build_encoder_graph
 from toolkit.train.checkpoint import load_model
-
-#: Until seq2seq bundles (encoder.onnx + decoder_step.onnx) are built and certified.
-NO_SEQ2SEQ_EXPORT = (
-    "seq2seq models are not exported to ONNX yet (encoder.onnx + decoder_step.onnx with their certificate "
-    "are in progress): train with --no-export and score the run with `rnnkit evaluate RUN_DIR DATA`"
-)
 
 
 @dataclass
@@ -47,17 +43,26 @@ def export(
     (unless `force`, which writes one marked failed) but keep the report next to `out`."""
     out = Path(out)
     model, config, input_spec, output_spec = load_model(run_dir)
-    if tasks.of(config.task).predicts == "sequences":
-        raise ExportGraphError(NO_SEQ2SEQ_EXPORT)
     weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    graphs = {"model.onnx": build_full_graph(weights, config.model, input_spec, output_spec, opset=opset)}
-    if not config.model.bidirectional:
-        graphs["step.onnx"] = build_step_graph(weights, config.model, input_spec, output_spec, opset=opset)
-    blobs = {name: g.SerializeToString() for name, g in graphs.items()}
-
     seed = parity.fresh_seed(seed)
-    sample_data = _read_sample(sample, config, input_spec, output_spec) if sample else None
-    report = certify(model, blobs, input_spec.to_dict(), model.per_step, seed, sample_data)
+    examples = _read_sample(sample, config, input_spec, output_spec) if sample else None
+    if tasks.of(config.task).predicts == "sequences":
+        graphs = {
+            "encoder.onnx": build_encoder_graph(weights, config.model, input_spec, output_spec, opset=opset),
+            "decoder_step.onnx": build_decoder_step_graph(weights, config.model, input_spec, output_spec, opset=opset),
+        }
+        blobs = {name: g.SerializeToString() for name, g in graphs.items()}
+        sources = [e.inputs for e in examples] if examples else None
+        sizes = len(input_spec.vocab), len(output_spec.target_vocab)
+        report = certify_seq2seq(model, blobs, *sizes, seed, sources)
+    else:
+        graphs = {"model.onnx": build_full_graph(weights, config.model, input_spec, output_spec, opset=opset)}
+        if not config.model.bidirectional:
+            graphs["step.onnx"] = build_step_graph(weights, config.model, input_spec, output_spec, opset=opset)
+        blobs = {name: g.SerializeToString() for name, g in graphs.items()}
+        batch = pad_batch(examples, np.arange(len(examples))) if examples else None
+        sample_data = (batch.inputs, batch.lengths) if batch is not None else None
+        report = certify(model, blobs, input_spec.to_dict(), model.per_step, seed, sample_data)
 
     manifest = build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir)
     report_json = json.dumps(report.to_dict(), indent=2).encode()
@@ -82,6 +87,11 @@ def certify(
     for provider in _providers():
         cases += parity.all_cases(blobs, reference, make_inputs, per_step, provider, rng, rule, sample)
     return parity.Report(seed=seed, rule=rule, cases=cases)
+
+
+def certify_seq2seq(model, blobs, source_vocab: int, target_vocab: int, seed: int, sources=None) -> parity.Report:
+    """encoder.onnx and decoder_step.onnx against torch in float64 (toolkit.export.seq2seq_parity)."""
+    return seq2seq_parity.certify(model, blobs, source_vocab, target_vocab, seed, sources, providers=_providers())
 
 
 class TorchReference(parity.Reference):
@@ -135,14 +145,14 @@ def _providers() -> list[str]:
     return providers
 
 
-def _read_sample(path, config, input_spec, output_spec):
-    from toolkit.core.data import SequenceDataset, load_file, pad_batch
+def _read_sample(path, config, input_spec, output_spec) -> list:
+    """The examples of a --sample file (sequences, not a stream)."""
+    from toolkit.core.data import SequenceDataset, load_file
 
     data = load_file(path, config, input_spec, output_spec, require_target=False)
     if not isinstance(data, SequenceDataset):
         raise BundleError(f"{path}: a --sample file must hold sequences (JSON Lines, CoNLL or .ts), not a stream")
-    batch = pad_batch(data.examples, np.arange(len(data.examples)))
-    return batch.inputs, batch.lengths
+    return data.examples
 
 
 def reader_spec(config, input_spec) -> dict:
@@ -150,6 +160,8 @@ def reader_spec(config, input_spec) -> dict:
     series: its feature columns by name, which are targets and how far ahead)."""
     d = config.data
     spec = {"level": d.level, "lowercase": d.lowercase, "target_columns": d.target_columns, "horizon": d.horizon}
+    if tasks.of(config.task).predicts == "sequences":
+        spec["target_level"] = d.target_level
     return {**spec, "columns": input_spec.columns} if input_spec.columns is not None else spec
 
 
@@ -166,26 +178,37 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
     else:
         inp = {"kind": "features", "name": "features", "num_features": input_spec.num_features}
         inp.update(mean=input_spec.mean, std=input_spec.std, note="raw values; the graph normalises them")
-    out = {k: v for k, v in output_spec.to_dict().items() if k != "task"}
-    out.update(name=tasks.of(config.task).output_name)
+    seq2seq = tasks.of(config.task).predicts == "sequences"
+    if seq2seq:
+        vocab = output_spec.target_vocab.to_json()
+        out = {"name": "logprobs", "per_step": True, "vocab": vocab, "vocab_size": len(vocab)}
+        out["level"] = config.data.target_level
+    else:
+        out = {k: v for k, v in output_spec.to_dict().items() if k != "task"}
+        out.update(name=tasks.of(config.task).output_name)
+    model_info = {
+        "cell": cfg.cell,
+        "nonlinearity": cfg.nonlinearity if cfg.cell == "rnn" else None,
+        "num_layers": cfg.num_layers,
+        "hidden_size": cfg.hidden_size,
+        "bidirectional": cfg.bidirectional,
+        "directions": 2 if cfg.bidirectional else 1,
+        "merge": cfg.merge,
+        "residual": cfg.residual,
+    }
+    if seq2seq:
+        dec = cfg.decoder()
+        model_info["decoder"] = {"cell": dec.cell, "num_layers": dec.num_layers, "hidden_size": dec.hidden_size}
+        model_info["attention"] = cfg.attention
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "task": config.task,
-        "model": {
-            "cell": cfg.cell,
-            "nonlinearity": cfg.nonlinearity if cfg.cell == "rnn" else None,
-            "num_layers": cfg.num_layers,
-            "hidden_size": cfg.hidden_size,
-            "bidirectional": cfg.bidirectional,
-            "directions": 2 if cfg.bidirectional else 1,
-            "merge": cfg.merge,
-            "residual": cfg.residual,
-        },
+        "model": model_info,
         "input": inp,
         "output": out,
         "reader": reader_spec(config, input_spec),
-        "state": None if cfg.bidirectional else state_spec(cfg),
+        "state": state_spec(cfg.decoder()) if seq2seq else None if cfg.bidirectional else state_spec(cfg),
         "precision": "fp32",
         "opset": opset,
         "graphs": {

@@ -82,8 +82,10 @@ class Seq2SeqModel(nn.Module):
 
     # ---- decoder ----------------------------------------------------------------------------------
     def decode(self, previous: torch.Tensor, state: State, memory: torch.Tensor, mask: torch.Tensor):
-        """previous [B, T] token ids -> (logits [B, T, V], state after the last of them)."""
+        """previous [B, T] token ids -> (logits [B, T, V], state after the last of them, attention
+        weights [B, T, S] or None without attention)."""
         s, _, state = self.decoder(self.target_embedding(previous), None, state)
+        weights = None
         if self.attention != "none":
             if self.attention == "additive":
                 energy = torch.tanh(self.query(s)[:, :, None, :] + self.key(memory)[:, None, :, :])
@@ -91,24 +93,25 @@ class Seq2SeqModel(nn.Module):
             else:
                 scores = s @ self.key(memory).transpose(1, 2)
             scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-            context = torch.softmax(scores, dim=-1) @ memory
-            s = torch.tanh(self.combine(torch.cat([s, context], dim=-1)))
-        return self.head(self.dropout(s)), state
+            weights = torch.softmax(scores, dim=-1)
+            s = torch.tanh(self.combine(torch.cat([s, weights @ memory], dim=-1)))
+        return self.head(self.dropout(s)), state, weights
 
     def forward(self, source: torch.Tensor, lengths: torch.Tensor | None, targets: torch.Tensor):
         """Teacher forcing: targets [B, T] (ending in <eos>, PAD_TARGET beyond) -> logits [B, T, V]."""
         previous = torch.cat([torch.full_like(targets[:, :1], BOS_ID), targets[:, :-1]], dim=1)
         previous = previous.masked_fill(previous == PAD_TARGET, PAD_ID)
         memory, mask, state = self.encode(source, lengths)
-        logits, _ = self.decode(previous, state, memory, mask)
+        logits, _, _ = self.decode(previous, state, memory, mask)
         return logits, None
 
 
 def translate(
-    model: Seq2SeqModel, sources: list[np.ndarray], search: Search, batch_size: int = 64
+    model: Seq2SeqModel, sources: list[np.ndarray], search: Search, batch_size: int = 64, margins=None
 ) -> list[list[Hypothesis]]:
     """The n-best of each source (token ids [S]), decoded by the shared search in float64 log-
-    probabilities from the torch model (eval mode), batch by batch."""
+    probabilities from the torch model (eval mode), batch by batch; `margins` as for
+    `toolkit.core.search.decode`."""
     device = next(model.parameters()).device
 
     def encode(ids, lengths):
@@ -118,7 +121,7 @@ def translate(
     def step(tokens, carried):
         state, memory, mask = carried
         previous = torch.from_numpy(tokens).to(device)[:, None]
-        logits, state = model.decode(previous, state, memory, mask)
+        logits, state, _ = model.decode(previous, state, memory, mask)
         return F.log_softmax(logits[:, 0].double(), dim=-1).cpu().numpy(), (state, memory, mask)
 
     def select(carried, rows):
@@ -128,4 +131,4 @@ def translate(
         return state, memory[index], mask[index]
 
     with torch.no_grad():
-        return decode_batches(sources, encode, step, select, search, batch_size)
+        return decode_batches(sources, encode, step, select, search, batch_size, margins)

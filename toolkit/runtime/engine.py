@@ -1,7 +1,9 @@
 """Running a bundle: full-sequence batch inference and stateful streams, with ONNX Runtime.
 
 - `Engine.infer(sequences)`: sorts by length, pads, passes `lengths`, and returns each
-  sequence's outputs in input order (bidirectional models run here).
+  sequence's outputs in input order (bidirectional models run here). A seq2seq bundle
+  (encoder.onnx + decoder_step.onnx) decodes instead: each source's n-best hypotheses under a
+  `Search` (greedy by default), batched across sources (`toolkit.runtime.seq2seq`).
 - `Engine.stream()`: a `Stream` holding its own state; `push(chunk)` returns the outputs of
   exactly those steps. `Engine.push_many(streams, chunks)` steps many streams in one batched
   call per chunk length (gathering and scattering state rows), with outputs identical to
@@ -27,7 +29,9 @@ import onnxruntime as ort
 from toolkit.core.bundle import BundleError, read_graph, read_manifest
 from toolkit.core.data.batching import pad
 from toolkit.core.errors import RnnkitError, first_line
+from toolkit.core.search import Search
 from toolkit.runtime.providers import DeviceError, make_session
+from toolkit.runtime.seq2seq import PER_SOURCE, Translator
 
 DEVICE_TYPE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
@@ -56,11 +60,6 @@ class Engine:
                 "pass --allow-unverified to run it anyway"
             )
         graphs = {name: read_graph(self.path, name, info) for name, info in self.manifest["graphs"].items()}
-        self.full = self._session(graphs, "model.onnx", device, threads, spin)
-        self.step = self._session(graphs, "step.onnx", device, threads, spin) if "step.onnx" in graphs else None
-        self.provider = self.full.get_providers()[0]
-        self.device_type = DEVICE_TYPE.get(self.provider, "cpu")
-        self.bind_state = self.device_type != "cpu" if bind_state is None else bind_state
         inp = self.manifest["input"]
         self.input_name = inp["name"]
         self.dtype = np.int64 if inp["kind"] == "tokens" else np.float32
@@ -69,11 +68,39 @@ class Engine:
         self.per_step = bool(self.manifest["output"]["per_step"])
         self.state_spec = self.manifest["state"] or []
         self.state_names = [spec["name"] for spec in self.state_spec]
-        self._check_inputs(self.full, "model.onnx", {self.input_name, "lengths"})
+        self.full = self.step = self.translator = None
+        if "encoder.onnx" in graphs:  # seq2seq: the decoder's state is the manifest's state
+            encoder = self._session(graphs, "encoder.onnx", device, threads, spin)
+            decoder = self._session(graphs, "decoder_step.onnx", device, threads, spin)
+            self._check_inputs(encoder, "encoder.onnx", {"tokens", "lengths"})
+            attention = PER_SOURCE if self.manifest["model"].get("attention") != "none" else ()
+            self._check_inputs(decoder, "decoder_step.onnx", {"previous", *self.state_names, *attention})
+            self._check_state(decoder, "decoder_step.onnx")
+            self.translator = Translator(encoder, decoder)
+            self.provider = decoder.get_providers()[0]
+        else:
+            self.full = self._session(graphs, "model.onnx", device, threads, spin)
+            self.step = self._session(graphs, "step.onnx", device, threads, spin) if "step.onnx" in graphs else None
+            self.provider = self.full.get_providers()[0]
+            self._check_inputs(self.full, "model.onnx", {self.input_name, "lengths"})
+        self.device_type = DEVICE_TYPE.get(self.provider, "cpu")
+        self.bind_state = self.device_type != "cpu" if bind_state is None else bind_state
         if self.step is not None:
             self.step_outputs = [o.name for o in self.step.get_outputs()]
             self._check_inputs(self.step, "step.onnx", {self.input_name, *self.state_names})
-            self._check_state()
+            self._check_state(self.step, "step.onnx")
+
+    @property
+    def why_not_streaming(self) -> str | None:
+        """Why this bundle cannot stream (None when it can): what the user should do instead."""
+        if self.step is not None:
+            return None
+        if self.translator is not None:
+            return "a seq2seq model decodes whole sources: POST them to /v1/infer or run `rnnkit infer`"
+        return (
+            "a bidirectional model cannot stream (its backward direction needs the whole sequence): "
+            "run whole sequences with infer (POST /v1/infer)"
+        )
 
     def _session(self, graphs: dict, name: str, device, threads, spin):
         """An ONNX Runtime session on a graph, or a BundleError if it is not one ONNX Runtime can load."""
@@ -85,17 +112,17 @@ class Engine:
             why = f"{type(e).__name__}: {first_line(e)}"
             raise BundleError(f"{self.path / name}: ONNX Runtime cannot load it ({why})") from None
 
-    def _check_state(self) -> None:
-        """The manifest's state spec must be step.onnx's own state inputs: the server sizes its
-        state pool from the spec."""
-        inputs = {i.name: i.shape for i in self.step.get_inputs()}
+    def _check_state(self, session, name: str) -> None:
+        """The manifest's state spec must be the step graph's own state inputs: the server sizes
+        its state pool from the spec."""
+        inputs = {i.name: i.shape for i in session.get_inputs()}
         for spec in self.state_spec:
             layers, _, hidden = spec["shape"]
             shape = inputs.get(spec["name"])
             if shape is None or len(shape) != 3 or (shape[0], shape[2]) != (layers, hidden):
                 raise BundleError(
                     f"{self.path / 'manifest.json'}: state {spec['name']!r} of shape {spec['shape']} does not match "
-                    f"step.onnx's input {shape}; the manifest was changed after export"
+                    f"{name}'s input {shape}; the manifest was changed after export"
                 )
 
     def _check_inputs(self, session, name: str, wanted: set[str]) -> None:
@@ -137,20 +164,32 @@ class Engine:
         sequences: Sequence,
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
-    ) -> list[np.ndarray]:
-        """Outputs per sequence, in input order: [K] per sequence, or [T_i, K] per step.
-        `progress(n)` is called after each batch with the number of sequences it held."""
+        search: Search | None = None,
+    ) -> list:
+        """Outputs per sequence, in input order: [K] per sequence, or [T_i, K] per step; for a
+        seq2seq bundle, each source's n-best hypotheses (`toolkit.core.search.Hypothesis`, best
+        first) under `search` (greedy when None). `progress(n)` is called after each batch with
+        the number of sequences it held."""
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
+        if self.translator is not None:
+            try:
+                search = (search or Search()).check()
+            except ValueError as e:
+                raise InputError(f"decoding settings: {e}") from None
         sequences = [self.check(s, f"sequence {i}") for i, s in enumerate(sequences)]
-        order = np.argsort([len(s) for s in sequences], kind="stable")
-        results: list[np.ndarray | None] = [None] * len(sequences)
+        order = np.argsort([len(s) for s in sequences], kind="stable")  # similar lengths share a batch
+        results: list = [None] * len(sequences)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch, lengths = pad([sequences[i] for i in index], dtype=self.dtype)
-            y = self.full.run(None, {self.input_name: batch, "lengths": lengths})[0]
-            for row, i in enumerate(index):
-                results[i] = y[row, : lengths[row]] if self.per_step else y[row]
+            if self.translator is not None:
+                outputs = self.translator.translate([sequences[i] for i in index], search, batch_size)
+            else:
+                batch, lengths = pad([sequences[i] for i in index], dtype=self.dtype)
+                y = self.full.run(None, {self.input_name: batch, "lengths": lengths})[0]
+                outputs = [y[row, : lengths[row]] if self.per_step else y[row] for row in range(len(index))]
+            for i, output in zip(index, outputs, strict=True):
+                results[i] = output
             if progress:
                 progress(len(index))
         return results
@@ -158,10 +197,7 @@ class Engine:
     # ---- streams -------------------------------------------------------------------------
     def stream(self) -> Stream:
         if self.step is None:
-            raise BundleError(
-                f"{self.path}: a bidirectional model cannot stream (its backward direction needs the whole "
-                "sequence); run whole sequences with infer"
-            )
+            raise BundleError(f"{self.path}: {self.why_not_streaming}")
         return Stream(self)
 
     def initial_state(self, batch: int) -> dict[str, np.ndarray]:

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from toolkit.core.search import Hypothesis, Search, decode_batches
-from toolkit.runtime.providers import make_session
 
 #: What the decoder step may take besides `previous` and the state, all from encoder.onnx and
 #: gathered by hypothesis row.
@@ -17,9 +16,10 @@ PER_SOURCE = ("memory", "keys", "mask")
 
 
 class Translator:
-    def __init__(self, encoder: bytes, decoder_step: bytes, device: str = "cpu", threads: int | None = None):
-        self.encoder = make_session(encoder, device, threads)
-        self.decoder = make_session(decoder_step, device, threads)
+    """Decodes with two ONNX Runtime sessions: encoder.onnx's and decoder_step.onnx's."""
+
+    def __init__(self, encoder, decoder_step):
+        self.encoder, self.decoder = encoder, decoder_step
         self.encoded = [o.name for o in self.encoder.get_outputs()]
         self.outputs = [o.name for o in self.decoder.get_outputs()]
         self.state = [n.removesuffix("_next") for n in self.outputs if n.endswith("_next")]

@@ -3,7 +3,8 @@
     WS   /v1/streams     messages as `rnnkit stream`'s, one JSON object per text frame; any number
                          of streams per connection; state lives here, per stream, until the stream
                          ends, idles past the timeout or its connection closes
-    POST /v1/infer       {"sequences": [...]} -> {"results": [...]} (bidirectional models too)
+    POST /v1/infer       {"sequences": [...]} -> {"results": [...]} (bidirectional models too; seq2seq
+                         models decode, with "beam", "nbest", ... optional: `InferRequest`)
     GET  /v1/model       the bundle's manifest
     GET  /health         liveness and readiness (/health/live, /health/ready for probes)
     GET  /metrics        Prometheus text format
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -37,8 +39,9 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from toolkit.core.search import Search
 from toolkit.core.versions import installed
 from toolkit.runtime.connection import Connection
 from toolkit.runtime.engine import Engine, InputError
@@ -50,6 +53,9 @@ from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 
 log = logging.getLogger("rnnkit.serve")
 FATAL_EXIT = 3  # the server stopped because it could not go on (see Hub._task_ended)
+# seq2seq decoding settings a request may give, bounded: each costs decoder calls
+SEARCH_FIELDS = ("beam", "nbest", "length_penalty", "max_len_a", "max_len_b")
+MAX_BEAM = 64
 
 
 @dataclass
@@ -176,12 +182,17 @@ class InferRequest(BaseModel):
         description="Sequences to run whole: lists of tokens (strings) for a token model, lists of steps "
         "(each a list of `num_features` numbers) for a feature model. Each gets its own result."
     )
+    beam: int = Field(1, ge=1, le=MAX_BEAM, description="seq2seq: beam size (1: greedy)")
+    nbest: int = Field(1, ge=1, le=MAX_BEAM, description="seq2seq: hypotheses per source (<= beam)")
+    length_penalty: float = Field(1.0, ge=0, description="seq2seq: GNMT length penalty alpha")
+    max_len_a: float = Field(2.0, ge=0, le=10, description="seq2seq: at most a x source length + b tokens")
+    max_len_b: int = Field(10, ge=0, le=1024, description="seq2seq: see max_len_a")
 
 
 class InferResponse(BaseModel):
     results: list[dict] = Field(
         description='Per sequence, in order: classify {"prediction", "scores"}; tag / lm {"predictions"} per step; '
-        'regress {"values"}.'
+        'regress {"values"}; seq2seq {"prediction", "score", "nbest"}.'
     )
     provider: str
 
@@ -210,7 +221,7 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
         if hub.draining:
             refusal = (503, "the server is shutting down")
         elif hub.scheduler is None:
-            refusal = (409, "this model is bidirectional and cannot stream: POST whole sequences to /v1/infer")
+            refusal = (409, f"this model cannot stream: {engine.why_not_streaming}")
         elif settings.max_connections and len(hub.connections) >= settings.max_connections:
             refusal = (503, f"the server holds its limit of {settings.max_connections} connections; retry later")
         elif hub.scheduler.open_streams >= settings.max_streams:
@@ -241,13 +252,14 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
             hub.telemetry.errors.labels(str(body.status_code)).inc()
             return body
         try:
-            sequences = parse_sequences(hub.codec, body)
+            sequences, search = parse_sequences(hub.codec, body, engine.translator is not None)
         except MessageError as e:
             hub.telemetry.errors.labels(str(e.code)).inc()
             return JSONResponse({"error": str(e)}, status_code=e.code)
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(hub.infer_worker, engine.infer, sequences)
+            run = functools.partial(engine.infer, sequences, search=search)
+            outputs = await loop.run_in_executor(hub.infer_worker, run)
         except InputError as e:
             hub.telemetry.errors.labels("400").inc()
             return JSONResponse({"error": str(e)}, status_code=400)
@@ -304,13 +316,28 @@ async def read_body(request: Request, limit: int) -> bytes | Response:
     return b"".join(chunks)
 
 
-def parse_sequences(codec: Codec, body: bytes) -> list:
+def parse_sequences(codec: Codec, body: bytes, seq2seq: bool = False) -> tuple[list, Search | None]:
+    """The sequences of a POST /v1/infer body, and for a seq2seq model its decoding settings
+    (`InferRequest`'s beam, nbest, length_penalty, max_len_a, max_len_b; greedy by default)."""
     obj = loads(body)
-    if not isinstance(obj, dict) or set(obj) != {"sequences"}:
-        raise MessageError('the body must be a JSON object {"sequences": [...]}')
+    settings = set(SEARCH_FIELDS) if seq2seq else set()
+    if not isinstance(obj, dict) or "sequences" not in obj or not set(obj) <= {"sequences", *settings}:
+        more = f" and optionally {', '.join(SEARCH_FIELDS)}" if seq2seq else ""
+        raise MessageError(f'the body must be a JSON object {{"sequences": [...]}}{more}')
     sequences = obj["sequences"]
     if not isinstance(sequences, list) or not sequences:
         raise MessageError('"sequences" must be a non-empty list')
+    search = None
+    if seq2seq:
+        try:
+            given = InferRequest.model_validate(
+                {"sequences": [], **{k: obj[k] for k in settings & set(obj)}}, strict=True
+            )
+            search = Search(**{k: getattr(given, k) for k in SEARCH_FIELDS}).check()
+        except (ValidationError, ValueError) as e:
+            first = e.errors()[0] if isinstance(e, ValidationError) else None
+            why = f"{first['loc'][0]}: {first['msg']}" if first else str(e)
+            raise MessageError(f"decoding settings: {why}") from None
     kind = codec.input["kind"]
     parsed = []
     for i, values in enumerate(sequences):
@@ -318,7 +345,7 @@ def parse_sequences(codec: Codec, body: bytes) -> list:
             parsed.append(codec.steps(kind, values)[0])
         except MessageError as e:
             raise MessageError(f"sequences[{i}]: {e}", code=e.code) from None
-    return parsed
+    return parsed, search
 
 
 class Server(uvicorn.Server):

@@ -11,7 +11,9 @@ Runtime only, no torch) and returns, per input sequence, exactly what `rnnkit in
 Input: a pandas DataFrame (or a list of records) with one column, `tokens` (each row a list of
 token strings) or `features` (each row a list of steps, each a list of `num_features` numbers),
 whichever the bundle takes. Output: a DataFrame, one row per sequence: classify `prediction`,
-`scores`; tag and lm `predictions` (one per step); regress `values`.
+`scores`; tag and lm `predictions` (one per step); regress `values`; seq2seq `prediction` (the
+best output's tokens), `score` and `nbest` (each {prediction, score}), decoded as the params
+`beam`, `nbest`, `length_penalty`, `max_len_a`, `max_len_b` say (greedy by default).
 """
 
 from __future__ import annotations
@@ -27,17 +29,19 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array, ColSpec, DataType, Object, ParamSchema, ParamSpec, Property, Schema
 
 import toolkit
 from toolkit.core import tasks
 from toolkit.core.bundle import BundleError, read_graph, read_manifest
+from toolkit.core.search import Search
 from toolkit.core.versions import installed
 from toolkit.runtime.engine import InputError
 from toolkit.runtime.source import ARTIFACT
 
 DEVICE_ENV = "RNNKIT_DEVICE"  # where a loaded model runs: auto (default), cpu, cuda, tensorrt
 DEFAULT_BATCH_SIZE = 64
+SEARCH_PARAMS = {"beam": int, "nbest": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
 MODEL_CODE = "rnnkit_model.py"
 MODEL_CODE_TEXT = """# An rnnkit bundle as an MLflow pyfunc model: see code/toolkit/tracking/pyfunc.py.
 import mlflow
@@ -159,7 +163,25 @@ def sequences(engine, model_input: Any, vocab=None) -> list[np.ndarray]:
     return out
 
 
-def predict_frame(engine, model_input: Any, batch_size: Any = DEFAULT_BATCH_SIZE, vocab=None) -> pd.DataFrame:
+def search(params: dict) -> Search:
+    """A seq2seq model's decoding settings from predict's params (Search's defaults for those
+    not given), or a ModelInputError naming the param."""
+    given = {}
+    for name, kind in SEARCH_PARAMS.items():
+        if name in params and params[name] is not None:
+            try:
+                given[name] = kind(params[name])
+            except (TypeError, ValueError):
+                raise ModelInputError(f"param {name}: {params[name]!r} is not a {kind.__name__}") from None
+    try:
+        return Search(**given).check()
+    except ValueError as e:
+        raise ModelInputError(f"params: {e}") from None
+
+
+def predict_frame(
+    engine, model_input: Any, batch_size: Any = DEFAULT_BATCH_SIZE, vocab=None, params: dict | None = None
+) -> pd.DataFrame:
     """One row per input sequence, in input order, with the fields `rnnkit infer` writes."""
     from toolkit.runtime.infer import result
 
@@ -169,7 +191,8 @@ def predict_frame(engine, model_input: Any, batch_size: Any = DEFAULT_BATCH_SIZE
         raise ModelInputError(f"param batch_size: {batch_size!r} is not an integer") from None
     if batch_size < 1:
         raise ModelInputError(f"param batch_size: must be at least 1, got {batch_size}")
-    outputs = engine.infer(sequences(engine, model_input, vocab), batch_size=batch_size)
+    decoding = search(params or {}) if engine.translator is not None else None
+    outputs = engine.infer(sequences(engine, model_input, vocab), batch_size=batch_size, search=decoding)
     return pd.DataFrame([result(engine.manifest, y) for y in outputs], columns=output_fields(engine.manifest))
 
 
@@ -189,7 +212,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     # is no hint at all); the signature given at logging time is the one enforced.
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
-        return predict_frame(self.engine, model_input, batch_size, self.vocab)
+        return predict_frame(self.engine, model_input, batch_size, self.vocab, params)
 
 
 # ---- logging -------------------------------------------------------------------------------
@@ -202,14 +225,23 @@ def signature(manifest: dict) -> ModelSignature:
     else:
         inputs = Schema([ColSpec(Array(Array(DataType.double)), "features")])
     values = Array(Array(DataType.double)) if manifest["output"]["per_step"] else Array(DataType.double)
+    seq2seq = tasks.of(manifest["task"]).predicts == "sequences"
+    tokens = Array(DataType.string)
     types = {
-        "prediction": DataType.string,  # classify: the label
+        "prediction": tokens if seq2seq else DataType.string,  # classify: the label; seq2seq: the output tokens
         "scores": Array(DataType.double),  # classify: probabilities in label order
-        "predictions": Array(DataType.string),  # tag, lm: a label or next token per step
+        "predictions": tokens,  # tag, lm: a label or next token per step
         "values": values,  # regress
+        "score": DataType.double,  # seq2seq: the best output's score
+        "nbest": Array(Object([Property("prediction", tokens), Property("score", DataType.double)])),
     }
     outputs = Schema([ColSpec(types[name], name) for name in tasks.of(manifest["task"]).fields])
-    params = ParamSchema([ParamSpec("batch_size", DataType.long, DEFAULT_BATCH_SIZE)])
+    params = [ParamSpec("batch_size", DataType.long, DEFAULT_BATCH_SIZE)]
+    if seq2seq:
+        kinds = {int: DataType.long, float: DataType.double}
+        defaults = Search()
+        params += [ParamSpec(n, kinds[k], getattr(defaults, n)) for n, k in SEARCH_PARAMS.items()]
+    params = ParamSchema(params)
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
@@ -234,7 +266,7 @@ def metadata(manifest: dict) -> dict:
             "format_version": manifest.get("format_version"),
             "task": manifest["task"],
             "input": pick(manifest["input"], ("kind", "level", "lowercase", "vocab_size", "num_features")),
-            "output": pick(manifest["output"], ("labels", "num_targets", "per_step")),
+            "output": pick(manifest["output"], ("labels", "num_targets", "per_step", "vocab_size", "level")),
             "model": pick(manifest.get("model", {}), ("cell", "num_layers", "hidden_size", "bidirectional")),
             "graphs": sorted(manifest.get("graphs", {})),
             "precision": manifest.get("precision"),
