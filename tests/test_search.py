@@ -190,3 +190,37 @@ def test_many_random_searches_keep_every_rule():
             assert all(len(h.tokens) + 1 <= search.max_length(lengths[i]) for h in hyps)
             assert all(np.isclose(h.score, h.logprob / penalty(len(h.tokens) + 1, alpha)) for h in hyps)
             assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_decision_margins_bound_what_small_errors_can_change(beam):
+    """The certificate's near-tie rule: log-probabilities moved by less than margin / (2 x max
+    length) per step cannot change an input's n-best; a tie gives a margin of 0."""
+    search = Search(beam=beam, nbest=beam, max_len_a=0, max_len_b=5)
+    rng = np.random.default_rng(beam)
+    kept = 0
+    for seed in range(40):
+        step, select, _ = markov(seed)
+        inputs = np.arange(8)
+        margins = np.full(8, np.inf)
+        clean = decode(step, select, inputs, [1] * 8, search, margins)
+        assert (margins >= 0).all() and np.isfinite(margins).all()  # a toy Markov decoder has exact ties too
+        delta = margins / (2 * search.max_length(1)) * 0.99
+
+        def noisy(tokens, state, step=step, delta=delta):
+            logprobs, state = step(tokens, state)
+            return logprobs + rng.uniform(-1, 1, logprobs.shape) * delta[state][:, None], state
+
+        moved = decode(noisy, select, inputs, [1] * 8, search)
+        assert [[h.tokens for h in x] for x in moved] == [[h.tokens for h in x] for x in clean]
+        kept += 8
+    print(f"beam {beam}: {kept} inputs decoded alike under errors below their margins")
+
+    def tied(tokens, state):  # tokens 4 and 5 always equally likely
+        logprobs = np.log(np.full((len(tokens), V), 1e-3))
+        logprobs[:, [4, 5]] = np.log(0.4)
+        return logprobs, state
+
+    margins = np.full(1, np.inf)
+    decode(tied, select, np.zeros(1, dtype=int), [1], search, margins)
+    assert margins[0] == 0.0

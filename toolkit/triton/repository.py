@@ -74,6 +74,11 @@ def write_repository(
     manifest = read_manifest(bundle)
     if not manifest["parity"]["passed"] and not allow_unverified:
         raise BundleError(f"{bundle}: this bundle failed its parity check; pass --allow-unverified to deploy it anyway")
+    if "encoder.onnx" in manifest["graphs"]:
+        raise TritonRepositoryError(
+            f"{bundle}: a seq2seq bundle decodes with a search around two graphs, which this Triton repository does "
+            "not hold yet; serve it with `rnnkit serve` (POST /v1/infer) or as the MLflow model"
+        )
     graphs = {g: read_graph(bundle, g, info) for g, info in manifest["graphs"].items()}
     labels = triton_config.labels_text(manifest)
     label_file = "labels.txt" if labels is not None else None
