@@ -6,6 +6,8 @@ answer the same; `verify` re-certifies against the checkpoint."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -20,7 +22,7 @@ from tests.test_seq2seq import config, reverse_pairs
 from toolkit.core.bundle import BundleError, read_manifest
 from toolkit.core.search import Search
 from toolkit.export import seq2seq_parity
-from toolkit.export.exporter import export
+from toolkit.export.exporter import certify_seq2seq, export
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.infer import result
 
@@ -136,7 +138,7 @@ def test_the_certificate_catches_a_broken_graph(trained, mutation):
     blobs = {name: (trained["bundle"] / name).read_bytes() for name in ("encoder.onnx", "decoder_step.onnx")}
     name, mutate = MUTATIONS[mutation]
     blobs[name] = mutate(onnx.load_model_from_string(blobs[name])).SerializeToString()
-    report = seq2seq_parity.certify(model, blobs, len(inp.vocab), len(out.target_vocab), seed=3)
+    report = certify_seq2seq(model, blobs, len(inp.vocab), len(out.target_vocab), seed=3)
     failed = [c.name for c in report.failures]
     print(f"{mutation}: {len(failed)}/{len(report.cases)} cases fail, e.g. {failed[:4]}")
     assert not report.passed
@@ -248,9 +250,47 @@ def test_the_mlflow_pyfunc_model_decodes_with_params(trained, tmp_path, monkeypa
     print(f"pyfunc beam 3: {got[0]}")
 
 
-def test_verify_recertifies_against_the_checkpoint_and_says_what_it_cannot_do_without(trained):
+def test_verify_without_torch_uses_the_oracle_and_with_the_checkpoint_torch(trained):
+    """`rnnkit verify BUNDLE`: the two graphs against the NumPy oracle of the encoder-decoder,
+    torch never imported; with --checkpoint the torch certificate."""
+    code = (
+        "import sys, json; from toolkit.export.verify import verify; "
+        f"r = verify({str(trained['bundle'])!r}, seed=2); "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "print(json.dumps([r.passed, len(r.cases), [c.reference for c in r.cases][:1], r.summary()['worst_margin']]))"
+    )
+    alone = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, capture_output=True, text=True)
+    print(alone.stdout, alone.stderr[-2000:])
+    assert alone.returncode == 0
+    passed, cases, reference, margin = json.loads(alone.stdout.splitlines()[-1])
+    assert passed and cases == len(trained["report"].cases) and reference == ["NumPy oracle fp64"]
     ok = helpers.rnnkit("verify", trained["bundle"], "--checkpoint", trained["run"], "--seed", "1")
     print(ok.stdout[-400:])
     assert ok.returncode == 0, ok.stderr
-    alone = helpers.rnnkit("verify", trained["bundle"])
-    assert alone.returncode == 2 and "--checkpoint RUN_DIR" in alone.stderr
+
+
+def test_the_oracle_computes_what_torch_computes(trained):
+    """The torch-free oracle of the encoder-decoder, from the graphs' weights, against the torch
+    model in float64: every output of both graphs on a padded batch."""
+    from toolkit.export.exporter import Seq2SeqTorchReference
+    from toolkit.train.checkpoint import load_model
+
+    blobs = {name: (trained["bundle"] / name).read_bytes() for name in ("encoder.onnx", "decoder_step.onnx")}
+    oracle = seq2seq_parity.OracleReference(blobs, read_manifest(trained["bundle"]), np.random.default_rng(0))
+    torch_ref = Seq2SeqTorchReference(load_model(trained["run"])[0], np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    from toolkit.core.data.batching import pad
+
+    ids, lengths = pad([rng.integers(4, 10, n) for n in (5, 1, 9, 3)], dtype=np.int64)
+    previous = np.concatenate([np.full((4, 1), 2), rng.integers(4, 10, (4, 6))], axis=1)
+    want, got = torch_ref.outputs(ids, lengths, previous)[0], oracle.outputs(ids, lengths, previous)[0]
+    assert set(want) == set(got)
+    mask = want["mask"]
+    errors = {}
+    for k in want:
+        w, g = want[k], got[k]
+        if k in ("memory", "keys"):
+            w, g = w[mask], g[mask]
+        errors[k] = float(np.abs(np.asarray(w, dtype=float) - np.asarray(g, dtype=float)).max())
+    print({k: f"{v:.1e}" for k, v in errors.items()})
+    assert max(errors.values()) < 1e-5  # float32-stored weights on both sides; the graphs round them once

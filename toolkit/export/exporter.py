@@ -91,7 +91,62 @@ def certify(
 
 def certify_seq2seq(model, blobs, source_vocab: int, target_vocab: int, seed: int, sources=None) -> parity.Report:
     """encoder.onnx and decoder_step.onnx against torch in float64 (toolkit.export.seq2seq_parity)."""
-    return seq2seq_parity.certify(model, blobs, source_vocab, target_vocab, seed, sources, providers=_providers())
+    reference = Seq2SeqTorchReference(model, np.random.default_rng(seed))
+    return seq2seq_parity.certify(reference, blobs, source_vocab, target_vocab, seed, sources, providers=_providers())
+
+
+def noise_copies(model, rng: np.random.Generator, rule=parity.FP32):
+    """The reference (the model in float64) and the float32 noise runs: the model as trained and
+    copies whose every weight is moved by about one ulp (`parity.perturbed_weights`)."""
+    fp64 = copy.deepcopy(model).double().eval()
+    fp32 = [copy.deepcopy(model).float().eval() for _ in range(rule.noise_runs)]
+    for m in fp32[1:]:
+        weights = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
+        moved = parity.perturbed_weights(weights, rng, rule.eps)
+        m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in moved.items()})
+    return fp64, fp32
+
+
+class Seq2SeqTorchReference(seq2seq_parity.Reference):
+    """The encoder-decoder in float64, and the float32 noise runs (as is, and with every weight
+    moved by about one ulp), as `TorchReference` for the other tasks."""
+
+    name = "torch-fp64"
+
+    def __init__(self, model, rng: np.random.Generator, rule=parity.FP32):
+        self.fp64, self.fp32 = noise_copies(model, rng, rule)
+
+    def outputs(self, ids, lengths, previous):
+        runs = [_seq2seq_forced(m, ids, lengths, previous) for m in self.fp32]
+        return _seq2seq_forced(self.fp64, ids, lengths, previous), runs
+
+    def translate(self, sources, search, margins):
+        from toolkit.models.seq2seq import translate
+
+        return translate(self.fp64, sources, search, margins=margins)
+
+
+def _stacked(state) -> dict[str, np.ndarray]:
+    """A decoder state (per layer: h, or (h, c), each [1, B, H]) as [L, B, H] per name."""
+    if isinstance(state[0], tuple):
+        return {n: torch.cat([s[k] for s in state]).double().numpy() for k, n in enumerate(("h", "c"))}
+    return {"h": torch.cat(state).double().numpy()}
+
+
+@torch.no_grad()
+def _seq2seq_forced(model, ids: np.ndarray, lengths: np.ndarray, previous: np.ndarray) -> dict[str, np.ndarray]:
+    """What the two graphs output for these sources and decoder inputs `previous` [B, T]:
+    `encode`, then the teacher-forced `decode` over all of previous at once."""
+    memory, mask, state = model.encode(torch.from_numpy(ids), torch.from_numpy(lengths))
+    out = {"memory": memory, "mask": mask}
+    if model.attention != "none":
+        out["keys"] = model.key(memory)
+    logits, final, weights = model.decode(torch.from_numpy(previous), state, memory, mask)
+    out["logprobs"] = torch.log_softmax(logits.double(), dim=-1)
+    if weights is not None:
+        out["attention"] = weights
+    named = {k: v.double().numpy() if v.dtype != torch.bool else v.numpy() for k, v in out.items()}
+    return named | _stacked(state) | {f"{n}_next": v for n, v in _stacked(final).items()}
 
 
 class TorchReference(parity.Reference):
@@ -101,12 +156,7 @@ class TorchReference(parity.Reference):
     name = "torch-fp64"
 
     def __init__(self, model, rng: np.random.Generator, rule=parity.FP32):
-        self.fp64 = copy.deepcopy(model).double().eval()
-        self.fp32 = [copy.deepcopy(model).float().eval() for _ in range(rule.noise_runs)]
-        for m in self.fp32[1:]:
-            weights = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
-            perturbed = parity.perturbed_weights(weights, rng, rule.eps)
-            m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in perturbed.items()})
+        self.fp64, self.fp32 = noise_copies(model, rng, rule)
 
     def outputs(self, x, lengths):
         return _torch_forward(self.fp64, x, lengths), [_torch_forward(m, x, lengths) for m in self.fp32]

@@ -382,33 +382,45 @@ class GraphModel:
         return {name: np.concatenate([f[name] for f in finals], axis=0) for name in finals[0]}
 
     def _encode(self, x, lengths):
-        cell, m = self.model["cell"], self.model
         if self.tokens:
             h = self.w["embedding.weight"][np.asarray(x)]
         else:
             h = np.asarray(x, dtype=self.dtype) - self.w.get("feature_mean", self.dtype(0))
-        finals = []
-        for i in range(m["num_layers"]):
-            ys, hs, cs = [], [], []
-            for d in range(self.directions):
-                W, R, B = (self.w[f"layer{i}.{n}"][d] for n in "WRB")
-                weights = FROM_ONNX[cell](W, R, B)
-                if cell == "lstm":
-                    y, h_n, c_n = lstm_layer(h, *weights, lengths=lengths, reverse=d == 1)
-                    cs.append(c_n)
-                elif cell == "gru":
-                    y, h_n = gru_layer(h, *weights, lengths=lengths, reverse=d == 1)
-                else:
-                    nonlinearity = m.get("nonlinearity") or "tanh"
-                    y, h_n = rnn_layer(h, *weights, lengths=lengths, nonlinearity=nonlinearity, reverse=d == 1)
-                ys.append(y)
-                hs.append(h_n)
-            out = _merge(ys, m["merge"])
-            if m["residual"] and i > 0:
-                out = out + h
-            finals.append({"h": np.stack(hs), **({"c": np.stack(cs)} if cs else {})})
-            h = out
-        return h, finals
+        return onnx_stack(self.w, self.model, h, lengths)
+
+
+def onnx_stack(w: dict, model: dict, h: np.ndarray, lengths=None, initial: list[dict] | None = None):
+    """The layers `layer{i}.W/R/B` of `w` (ONNX layout [D, G*H, ...]) over h [B, T, I], from zeros
+    or `initial` (per layer {"h": [D, B, H]} (+ "c")). `model`: cell, num_layers, bidirectional,
+    merge, residual, nonlinearity (a manifest's model section). Returns (top output, per layer
+    {"h": [D, B, H]} (+ "c"))."""
+    cell = model["cell"]
+    directions = 2 if model["bidirectional"] else 1
+    finals = []
+    for i in range(model["num_layers"]):
+        ys, hs, cs = [], [], []
+        start = initial[i] if initial is not None else {}
+        for d in range(directions):
+            W, R, B = (w[f"layer{i}.{n}"][d] for n in "WRB")
+            weights = FROM_ONNX[cell](W, R, B)
+            h0 = start["h"][d] if "h" in start else None
+            if cell == "lstm":
+                c0 = start["c"][d] if "c" in start else None
+                y, h_n, c_n = lstm_layer(h, *weights, h0=h0, c0=c0, lengths=lengths, reverse=d == 1)
+                cs.append(c_n)
+            elif cell == "gru":
+                y, h_n = gru_layer(h, *weights, h0=h0, lengths=lengths, reverse=d == 1)
+            else:
+                nonlinearity = model.get("nonlinearity") or "tanh"
+                y, h_n = rnn_layer(h, *weights, h0=h0, lengths=lengths, nonlinearity=nonlinearity, reverse=d == 1)
+            ys.append(y)
+            hs.append(h_n)
+        out = _merge(ys, model.get("merge", "concat"))
+        if model.get("residual") and i > 0:
+            out = out + h
+        finals.append({"h": np.stack(hs), **({"c": np.stack(cs)} if cs else {})})
+        h = out
+    return h, finals
 
 
 def _merge(ys: list[np.ndarray], merge: str) -> np.ndarray:

@@ -21,17 +21,15 @@ Cases, on every provider that works here:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from toolkit.core.data.batching import pad
 from toolkit.core.data.vocab import BOS_ID, EOS_ID
-from toolkit.core.search import Search
+from toolkit.core.search import Search, decode_batches
 from toolkit.export import parity
-from toolkit.models.seq2seq import translate
+from toolkit.export.seq2seq_oracle import Seq2SeqGraphModel
 from toolkit.runtime.seq2seq import Translator
 
 DECODED = 300
@@ -55,51 +53,69 @@ class DecodeCase(parity.Case):
             self.passed, self.margin = False, float("inf")
             first = self.unexplained[0]
             self.reason = (
-                f"{len(self.unexplained)} outputs differ from torch's although torch's decision margin exceeds the "
+                f"{len(self.unexplained)} outputs differ from the reference's although its decision margin exceeds the "
                 f"tolerance (first: source {first['source']}, margin {first['margin']:.2e} > {first['tolerance']:.2e})"
             )
 
 
 class Reference:
-    """The model in float64 and the float32 noise runs (as is, and with weights moved by ~1 ulp),
-    as `exporter.TorchReference` does for the other tasks."""
+    """What ONNX Runtime's outputs are compared with: `outputs(ids, lengths, previous)` -> (the
+    reference's outputs of both graphs by name, one such dict per float32 noise run), and
+    `translate(sources, search, margins)` -> its n-best lists (filling the decision margins).
+    Implemented with torch by the exporter (`exporter.Seq2SeqTorchReference`) and, without torch,
+    by the NumPy oracle (`OracleReference`)."""
 
-    name = "torch-fp64"
-
-    def __init__(self, model, rng: np.random.Generator, rule: parity.Rule = parity.FP32):
-        self.fp64 = copy.deepcopy(model).double().eval()
-        self.fp32 = [copy.deepcopy(model).float().eval() for _ in range(rule.noise_runs)]
-        for m in self.fp32[1:]:
-            weights = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
-            moved = parity.perturbed_weights(weights, rng, rule.eps)
-            m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in moved.items()})
+    name = "reference"
 
     def outputs(self, ids, lengths, previous) -> tuple[dict, list[dict]]:
-        return forced(self.fp64, ids, lengths, previous), [forced(m, ids, lengths, previous) for m in self.fp32]
+        raise NotImplementedError
+
+    def translate(self, sources, search: Search, margins: np.ndarray) -> list:
+        raise NotImplementedError
 
 
-def _stacked(state) -> dict[str, np.ndarray]:
-    """A decoder state (per layer: h, or (h, c), each [1, B, H]) as [L, B, H] per name."""
-    if isinstance(state[0], tuple):
-        return {n: torch.cat([s[k] for s in state]).double().numpy() for k, n in enumerate(("h", "c"))}
-    return {"h": torch.cat(state).double().numpy()}
+class OracleReference(Reference):
+    """Torch-free: the NumPy oracle of the encoder-decoder (`seq2seq_oracle`) in float64 with the
+    weights read back from the two graphs; its noise runs are the oracle in float32 with the
+    weights as stored and moved by about one ulp (as `parity.OracleReference`)."""
+
+    name = "NumPy oracle fp64"
+
+    def __init__(self, blobs: dict[str, bytes], manifest: dict, rng: np.random.Generator, rule=parity.FP32):
+        encoder, decoder = (_initializers(blobs[g]) for g in ("encoder.onnx", "decoder_step.onnx"))
+        model = manifest["model"]
+        try:
+            self.model = Seq2SeqGraphModel(encoder, decoder, model)
+            moved = [(encoder, decoder)] + [
+                (parity.perturbed_weights(encoder, rng, rule.eps), parity.perturbed_weights(decoder, rng, rule.eps))
+                for _ in range(rule.noise_runs - 1)
+            ]
+            self.fp32 = [Seq2SeqGraphModel(e, d, model, np.float32) for e, d in moved]
+        except KeyError as e:
+            raise ValueError(f"the graphs are not ones rnnkit writes: {e.args[0]}") from None
+
+    def outputs(self, ids, lengths, previous):
+        return _oracle_forced(self.model, ids, lengths, previous), [
+            _oracle_forced(m, ids, lengths, previous) for m in self.fp32
+        ]
+
+    def translate(self, sources, search, margins):
+        m = self.model
+        return decode_batches(sources, m.search_encode, m.search_step, m.search_select, search, 64, margins)
 
 
-@torch.no_grad()
-def forced(model, ids: np.ndarray, lengths: np.ndarray, previous: np.ndarray) -> dict[str, np.ndarray]:
-    """What the two graphs output for these sources and decoder inputs `previous` [B, T]."""
-    memory, mask, state = model.encode(torch.from_numpy(ids), torch.from_numpy(lengths))
-    out = {"memory": memory, "mask": mask}
-    if model.attention != "none":
-        out["keys"] = model.key(memory)
-    logits, final, weights = model.decode(torch.from_numpy(previous), state, memory, mask)
-    out["logprobs"] = torch.log_softmax(logits.double(), dim=-1)
-    if weights is not None:
-        out["attention"] = weights
-    named = {k: v.double().numpy() if v.dtype != torch.bool else v.numpy() for k, v in out.items()}
-    named |= _stacked(state)
-    named |= {f"{n}_next": v for n, v in _stacked(final).items()}
-    return named
+def _initializers(blob: bytes) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load_model_from_string(blob).graph.initializer}
+
+
+def _oracle_forced(model: Seq2SeqGraphModel, ids, lengths, previous) -> dict[str, np.ndarray]:
+    encoded = model.encode(ids, lengths)
+    decoded = model.decode(previous, encoded, encoded)
+    named = {**encoded, **decoded}
+    return {k: v if v.dtype == bool else v.astype(np.float64) for k, v in named.items()}
 
 
 def run_onnx(translator: Translator, ids, lengths, previous) -> dict[str, np.ndarray]:
@@ -180,11 +196,11 @@ def padding_case(translator, reference, make_source, target_vocab: int, provider
     return parity.compare(name, "decoder_step.onnx", "decoder_step.onnx", provider, shapes, batched, alone, noise, rule)
 
 
-def decode_case(translator, model64, sources, search_name, provider, step_budget, step_noise) -> DecodeCase:
-    """ONNX Runtime's n-best lists against torch's in float64 on `sources` (see the module doc)."""
+def decode_case(translator, reference, sources, search_name, provider, step_budget, step_noise) -> DecodeCase:
+    """ONNX Runtime's n-best lists against the reference's on `sources` (see the module doc)."""
     search = SEARCHES[search_name]
     margins = np.full(len(sources), np.inf)
-    want = translate(model64, sources, search, margins=margins)
+    want = reference.translate(sources, search, margins)
     got = translator.translate(sources, search)
     identical, ties, unexplained, worst = 0, [], [], 0.0
     tolerance = 0.0
@@ -202,13 +218,13 @@ def decode_case(translator, model64, sources, search_name, provider, step_budget
     name = f"{search_name} decoding of {len(sources)} sources"
     graph = "encoder.onnx, decoder_step.onnx"
     return DecodeCase(
-        name, graph, "torch-fp64", provider, shapes, worst, 0.0, 0.0, step_noise, tolerance,
+        name, graph, reference.name, provider, shapes, worst, 0.0, 0.0, step_noise, tolerance,
         identical=identical, near_ties=ties[:20], unexplained=unexplained[:20],
     )  # fmt: skip
 
 
 def certify(
-    model,
+    reference: Reference,
     blobs: dict[str, bytes],
     source_vocab: int,
     target_vocab: int,
@@ -217,8 +233,7 @@ def certify(
     rule: parity.Rule = parity.FP32,
     providers=("CPUExecutionProvider",),
 ) -> parity.Report:
-    rng = np.random.default_rng(seed)
-    reference = Reference(model, rng, rule)
+    rng = np.random.default_rng(seed + 1)  # the reference's noise runs drew from seed's own generator
     make_source = lambda n: rng.integers(EOS_ID + 1, source_vocab, int(n), dtype=np.int64)  # noqa: E731
     decoded = sample[:DECODED] if sample else [make_source(n) for n in rng.integers(1, 31, DECODED)]
     cases = []
@@ -232,5 +247,5 @@ def certify(
         steps = [c for c in teacher if c.name.endswith(": logprobs")]
         budget, noise = max(c.budget for c in steps), max(c.noise for c in steps)
         for name in SEARCHES:
-            cases.append(decode_case(translator, reference.fp64, decoded, name, provider, budget, noise))
+            cases.append(decode_case(translator, reference, decoded, name, provider, budget, noise))
     return parity.Report(seed=seed, rule=rule, cases=cases)

@@ -4,10 +4,11 @@ Without a checkpoint no torch is needed: the manifest's format and hashes, the o
 model.onnx and step.onnx against the NumPy oracle in float64 with the graph's own weights (the
 textbook equations: `oracle.GraphModel`) on the certificate's batches, padding and streams; the
 noise runs are the oracle in float32, as stored and with every weight moved by about one ulp.
-With the checkpoint, the
-full torch-vs-ONNX certificate (which also proves the weights are the trained ones). A seq2seq
-bundle (encoder.onnx + decoder_step.onnx) has no torch-free oracle yet: without its checkpoint
-only its format, hashes, graphs and their inputs are checked, and verify says so and fails.
+A seq2seq bundle
+(encoder.onnx + decoder_step.onnx) is checked the same way against its own NumPy oracle
+(`seq2seq_oracle`), with the certificate's cases (toolkit.export.seq2seq_parity). With the
+checkpoint, the full torch-vs-ONNX certificate (which also proves the weights are the trained
+ones).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from toolkit.core.bundle import (
     read_regular,
 )
 from toolkit.core.jsontext import JSONTextError, parse
-from toolkit.export import parity
+from toolkit.export import parity, seq2seq_parity
 from toolkit.runtime.engine import Engine
 
 
@@ -48,10 +49,12 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
             )
         return certify(model, blobs, manifest["input"], manifest["output"]["per_step"], seed)
     if seq2seq:
-        raise BundleError(
-            f"{bundle}: its manifest, hashes and graphs check out, but a seq2seq bundle's computation is verified "
-            "against its checkpoint only (no torch-free oracle of the encoder-decoder yet): add --checkpoint RUN_DIR"
-        )
+        try:
+            reference = seq2seq_parity.OracleReference(blobs, manifest, np.random.default_rng(seed))
+        except ValueError as e:
+            raise BundleError(f"{bundle}: {e}") from None
+        sizes = manifest["input"]["vocab_size"], manifest["output"]["vocab_size"]
+        return seq2seq_parity.certify(reference, blobs, *sizes, seed)
     if "step.onnx" not in blobs and not manifest["model"]["bidirectional"]:
         raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
     rng = np.random.default_rng(seed)
