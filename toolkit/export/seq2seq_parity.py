@@ -1,6 +1,8 @@
-"""The seq2seq certificate: encoder.onnx and decoder_step.onnx against the torch model in float64,
-under the same budget rule as the other bundles (parity.Rule: each case's budget from float32's
-own error on it), and the decoded outputs of ONNX Runtime against torch's.
+"""The seq2seq certificate: encoder.onnx and decoder_step.onnx against a float64 reference (the
+torch model when exporting, `exporter.Seq2SeqTorchReference`; the NumPy oracle of the
+encoder-decoder in `rnnkit verify`, `OracleReference`), under the same budget rule as the other
+bundles (parity.Rule: each case's budget from float32's own error on it), and the decoded
+outputs of ONNX Runtime against the reference's. Below, "torch" stands for either reference.
 
 Cases, on every provider that works here:
 - the encoder and a chain of decoder steps on a grid of padded batches (source lengths 1 to
@@ -24,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from toolkit.core.data.batching import pad
 from toolkit.core.data.vocab import BOS_ID, EOS_ID
@@ -105,9 +109,6 @@ class OracleReference(Reference):
 
 
 def _initializers(blob: bytes) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
     return {i.name: numpy_helper.to_array(i) for i in onnx.load_model_from_string(blob).graph.initializer}
 
 
