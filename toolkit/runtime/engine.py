@@ -96,10 +96,11 @@ class Engine:
         if self.step is not None:
             return None
         if self.translator is not None:
-            return "a seq2seq model decodes whole sources: POST them to /v1/infer or run `rnnkit infer`"
+            run = f"run `rnnkit infer {self.path} --input FILE` or POST them to /v1/infer"
+            return f"a seq2seq model decodes whole sources: {run}"
         return (
             "a bidirectional model cannot stream (its backward direction needs the whole sequence): "
-            "run whole sequences with infer (POST /v1/infer)"
+            f"run whole sequences with `rnnkit infer {self.path} --input FILE` or POST them to /v1/infer"
         )
 
     def _session(self, graphs: dict, name: str, device, threads, spin):
