@@ -91,10 +91,10 @@ def search_options(fn):
     ]
 
     @functools.wraps(fn)
-    def wrapper(*args, beam, nbest, length_penalty, max_len_a, max_len_b, **kwargs):
-        from toolkit.core.search import Search
+    def wrapper(*args, **kwargs):
+        from toolkit.core.search import SETTINGS, Search
 
-        search = Search(beam, nbest, length_penalty, max_len_a, max_len_b)
+        search = Search(**{name: kwargs.pop(name) for name in SETTINGS})
         try:
             search.check()
         except ValueError as e:

@@ -69,16 +69,15 @@ class Output(Strict):
     vocab: list[StrictStr] | None = Field(None, min_length=4, max_length=MAX_VOCAB)
     vocab_size: Annotated[StrictInt, Field(ge=4, le=MAX_VOCAB)] | None = None
     level: Literal["char", "word"] | None = None
+    num_targets: Count | None = None
+    target_mean: list[Finite] | None = Field(None, max_length=MAX_WIDTH)
+    target_std: list[Positive] | None = Field(None, max_length=MAX_WIDTH)
 
     @model_validator(mode="after")
     def sized(self):
         if (self.vocab is None) != (self.vocab_size is None) or (self.vocab and len(self.vocab) != self.vocab_size):
             raise ValueError("vocab and vocab_size go together, vocab_size being the number of vocab entries")
         return self
-
-    num_targets: Count | None = None
-    target_mean: list[Finite] | None = Field(None, max_length=MAX_WIDTH)
-    target_std: list[Positive] | None = Field(None, max_length=MAX_WIDTH)
 
 
 class Reader(Strict):

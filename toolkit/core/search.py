@@ -22,6 +22,7 @@ Rules (fairseq's, so results can be compared with the literature):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,11 @@ class Search:
     def max_length(self, source_length: int) -> int:
         """Most tokens of one output, <eos> included (at least 1)."""
         return max(1, int(np.floor(self.max_len_a * source_length + self.max_len_b)))
+
+
+#: The settings a user may give (name -> type of its value), as `Search` declares them: what the
+#: CLI options, the server's request fields and the MLflow model's params are built from.
+SETTINGS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Search)}
 
 
 @dataclass(frozen=True)

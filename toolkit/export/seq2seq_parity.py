@@ -150,6 +150,12 @@ def _real(name: str, value: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return value.astype(np.float64) if value.dtype == bool else value
 
 
+def decoder_inputs(rng: np.random.Generator, rows: int, tokens: int, target_vocab: int) -> np.ndarray:
+    """Teacher-forced decoder inputs [rows, tokens]: <bos>, then random ids past the specials."""
+    body = rng.integers(EOS_ID + 1, target_vocab, (rows, tokens - 1), dtype=np.int64)
+    return np.concatenate([np.full((rows, 1), BOS_ID, dtype=np.int64), body], axis=1)
+
+
 def forced_cases(translator, reference, make_source, target_vocab: int, provider, rng, rule, sample=None):
     """The graphs against the reference on the grid of padded batches (and the sample's sources)."""
     grid = [("batch 1 source 1, 1 token", [1], 1), ("batch 7 source 17, 12 tokens", [17] * 7, 12)]
@@ -161,10 +167,7 @@ def forced_cases(translator, reference, make_source, target_vocab: int, provider
     cases = []
     for name, sources, tokens in batches:
         ids, lengths = pad(sources, dtype=np.int64)
-        previous = np.concatenate(
-            [np.full((len(sources), 1), BOS_ID), rng.integers(EOS_ID + 1, target_vocab, (len(sources), tokens - 1))],
-            axis=1,
-        ).astype(np.int64)
+        previous = decoder_inputs(rng, len(sources), tokens, target_vocab)
         got = run_onnx(translator, ids, lengths, previous)
         want, runs = reference.outputs(ids, lengths, previous)
         shapes = {"sources": list(ids.shape), "lengths": [int(lengths.min()), int(lengths.max())], "tokens": tokens}
@@ -181,7 +184,7 @@ def padding_case(translator, reference, make_source, target_vocab: int, provider
     unchanged by the padding and the company."""
     lengths = [1, 2, 17, 3, 64, 9, 130]
     sources = [make_source(n) for n in lengths]
-    previous = np.concatenate([np.full((7, 1), BOS_ID), rng.integers(EOS_ID + 1, target_vocab, (7, 7))], axis=1)
+    previous = decoder_inputs(rng, len(sources), 8, target_vocab)
     ids, lens = pad(sources, dtype=np.int64)
     batched = run_onnx(translator, ids, lens, previous)["logprobs"]
     alone = np.concatenate(

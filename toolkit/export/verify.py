@@ -38,23 +38,21 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
     Engine(bundle, device="cpu", allow_unverified=True)  # the manifest describes the graphs' own inputs and state
     seed = parity.fresh_seed(seed)
     seq2seq = "encoder.onnx" in blobs
+    vocab_sizes = (manifest["input"]["vocab_size"], manifest["output"]["vocab_size"]) if seq2seq else None
     if checkpoint is not None:
         from toolkit.export.exporter import certify, certify_seq2seq
         from toolkit.train.checkpoint import load_model
 
         model = load_model(checkpoint)[0]
         if seq2seq:
-            return certify_seq2seq(
-                model, blobs, manifest["input"]["vocab_size"], manifest["output"]["vocab_size"], seed
-            )
+            return certify_seq2seq(model, blobs, *vocab_sizes, seed)
         return certify(model, blobs, manifest["input"], manifest["output"]["per_step"], seed)
     if seq2seq:
         try:
             reference = seq2seq_parity.OracleReference(blobs, manifest, np.random.default_rng(seed))
         except ValueError as e:
             raise BundleError(f"{bundle}: {e}") from None
-        sizes = manifest["input"]["vocab_size"], manifest["output"]["vocab_size"]
-        return seq2seq_parity.certify(reference, blobs, *sizes, seed)
+        return seq2seq_parity.certify(reference, blobs, *vocab_sizes, seed)
     if "step.onnx" not in blobs and not manifest["model"]["bidirectional"]:
         raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
     rng = np.random.default_rng(seed)

@@ -95,12 +95,12 @@ class Engine:
         """Why this bundle cannot stream (None when it can): what the user should do instead."""
         if self.step is not None:
             return None
+        instead = f"`rnnkit infer {self.path} --input FILE` or POST them to /v1/infer"
         if self.translator is not None:
-            run = f"run `rnnkit infer {self.path} --input FILE` or POST them to /v1/infer"
-            return f"a seq2seq model decodes whole sources: {run}"
+            return f"a seq2seq model decodes whole sources: run {instead}"
         return (
             "a bidirectional model cannot stream (its backward direction needs the whole sequence): "
-            f"run whole sequences with `rnnkit infer {self.path} --input FILE` or POST them to /v1/infer"
+            f"run whole sequences with {instead}"
         )
 
     def _session(self, graphs: dict, name: str, device, threads, spin):

@@ -41,7 +41,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from toolkit.core.search import Search
+from toolkit.core.search import SETTINGS, Search
 from toolkit.core.versions import installed
 from toolkit.runtime.connection import Connection
 from toolkit.runtime.engine import Engine, InputError
@@ -53,9 +53,7 @@ from toolkit.runtime.telemetry import CONTENT_TYPE, Telemetry
 
 log = logging.getLogger("rnnkit.serve")
 FATAL_EXIT = 3  # the server stopped because it could not go on (see Hub._task_ended)
-# seq2seq decoding settings a request may give, bounded: each costs decoder calls
-SEARCH_FIELDS = ("beam", "nbest", "length_penalty", "max_len_a", "max_len_b")
-MAX_BEAM = 64
+MAX_BEAM = 64  # seq2seq decoding settings a request may give are bounded: each costs decoder calls
 
 
 @dataclass
@@ -320,9 +318,9 @@ def parse_sequences(codec: Codec, body: bytes, seq2seq: bool = False) -> tuple[l
     """The sequences of a POST /v1/infer body, and for a seq2seq model its decoding settings
     (`InferRequest`'s beam, nbest, length_penalty, max_len_a, max_len_b; greedy by default)."""
     obj = loads(body)
-    settings = set(SEARCH_FIELDS) if seq2seq else set()
+    settings = set(SETTINGS) if seq2seq else set()
     if not isinstance(obj, dict) or "sequences" not in obj or not set(obj) <= {"sequences", *settings}:
-        more = f" and optionally {', '.join(SEARCH_FIELDS)}" if seq2seq else ""
+        more = f" and optionally {', '.join(SETTINGS)}" if seq2seq else ""
         raise MessageError(f'the body must be a JSON object {{"sequences": [...]}}{more}')
     sequences = obj["sequences"]
     if not isinstance(sequences, list) or not sequences:
@@ -333,7 +331,7 @@ def parse_sequences(codec: Codec, body: bytes, seq2seq: bool = False) -> tuple[l
             given = InferRequest.model_validate(
                 {"sequences": [], **{k: obj[k] for k in settings & set(obj)}}, strict=True
             )
-            search = Search(**{k: getattr(given, k) for k in SEARCH_FIELDS}).check()
+            search = Search(**{k: getattr(given, k) for k in SETTINGS}).check()
         except (ValidationError, ValueError) as e:
             first = e.errors()[0] if isinstance(e, ValidationError) else None
             why = f"{first['loc'][0]}: {first['msg']}" if first else str(e)

@@ -34,14 +34,13 @@ from mlflow.types.schema import Array, ColSpec, DataType, Object, ParamSchema, P
 import toolkit
 from toolkit.core import tasks
 from toolkit.core.bundle import BundleError, read_graph, read_manifest
-from toolkit.core.search import Search
+from toolkit.core.search import SETTINGS, Search
 from toolkit.core.versions import installed
 from toolkit.runtime.engine import InputError
 from toolkit.runtime.source import ARTIFACT
 
 DEVICE_ENV = "RNNKIT_DEVICE"  # where a loaded model runs: auto (default), cpu, cuda, tensorrt
 DEFAULT_BATCH_SIZE = 64
-SEARCH_PARAMS = {"beam": int, "nbest": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
 MODEL_CODE = "rnnkit_model.py"
 MODEL_CODE_TEXT = """# An rnnkit bundle as an MLflow pyfunc model: see code/toolkit/tracking/pyfunc.py.
 import mlflow
@@ -167,7 +166,7 @@ def search(params: dict) -> Search:
     """A seq2seq model's decoding settings from predict's params (Search's defaults for those
     not given), or a ModelInputError naming the param."""
     given = {}
-    for name, kind in SEARCH_PARAMS.items():
+    for name, kind in SETTINGS.items():
         if name in params and params[name] is not None:
             try:
                 given[name] = kind(params[name])
@@ -240,7 +239,7 @@ def signature(manifest: dict) -> ModelSignature:
     if seq2seq:
         kinds = {int: DataType.long, float: DataType.double}
         defaults = Search()
-        params += [ParamSpec(n, kinds[k], getattr(defaults, n)) for n, k in SEARCH_PARAMS.items()]
+        params += [ParamSpec(n, kinds[k], getattr(defaults, n)) for n, k in SETTINGS.items()]
     params = ParamSchema(params)
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
