@@ -10,9 +10,15 @@ import numpy as np
 
 
 def feature_bundle(
-    out: Path, bidirectional: bool, hidden: int = 256, layers: int = 2, features: int = 64, task: str = "regress"
+    out: Path,
+    bidirectional: bool,
+    hidden: int = 256,
+    layers: int = 2,
+    features: int = 64,
+    task: str = "regress",
+    cell: str = "lstm",
 ) -> Path:
-    """An LSTM `layers` x `hidden` on `features` inputs: train one epoch, export; returns the bundle dir."""
+    """A `cell` (LSTM) `layers` x `hidden` on `features` inputs: train one epoch, export; returns the bundle dir."""
     from toolkit.core.config import Config
     from toolkit.export.exporter import export
     from toolkit.train.loop import train
@@ -27,7 +33,7 @@ def feature_bundle(
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     cfg = Config(task=task)
     cfg.data.data = str(data)
-    cfg.model.cell, cfg.model.bidirectional = "lstm", bidirectional
+    cfg.model.cell, cfg.model.bidirectional = cell, bidirectional
     cfg.model.hidden_size, cfg.model.num_layers = hidden, layers
     cfg.train.epochs, cfg.train.batch_size, cfg.train.device = 1, 32, "cpu"
     cfg.train.out = str(out / "run")

@@ -383,15 +383,16 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def certify(spec: Spec, rng: np.random.Generator) -> tuple[list[Case], int]:
-    """Train the spec's model and export it with a fresh parity seed: its cases and that seed.
-    The run directory and bundle are deleted."""
+def certify(spec: Spec, rng: np.random.Generator, precision: str = "fp32") -> tuple[list[Case], int, dict | None]:
+    """Train the spec's model and export it at `precision` with a fresh parity seed: its cases,
+    that seed and (reduced precision) the task-metric check. The run directory and bundle are deleted."""
     with tempfile.TemporaryDirectory(prefix="parity-stress-") as name:
         tmp = Path(name)
         cfg = config(spec, make_data(spec, tmp, rng), tmp / "run")
         train(cfg, progress=False, log=lambda m: None)
-        result = export(tmp / "run", tmp / "bundle", sample=sample_file(spec, tmp, rng), seed=None)
-        return result.report.cases, result.report.seed
+        sample = sample_file(spec, tmp, rng)
+        result = export(tmp / "run", tmp / "bundle", sample=sample, seed=None, precision=precision)
+        return result.report.cases, result.report.seed, result.report.summary().get("metric")
 
 
 def case_row(index: int, spec: Spec, case: Case, seed: int) -> dict:
@@ -428,6 +429,7 @@ def stress(
     echo=print,
     logit_target: float | None = None,
     only: set[int] | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Train, export and record every spec (those numbered in `only`, when given); write
     OUT/rows.jsonl and OUT/summary.json; the summary."""
@@ -441,7 +443,7 @@ def stress(
                 continue
             began = time.perf_counter()
             try:
-                cases, parity_seed = certify(spec, np.random.default_rng([seed, i]))
+                cases, parity_seed, metric = certify(spec, np.random.default_rng([seed, i]), precision)
             except Exception as e:  # recorded, and the run goes on: one bad model must not lose the rest
                 models.append({"model": spec.describe(), "size": spec.size, "error": f"{type(e).__name__}: {e}"})
                 echo(f"[{i}/{len(specs)}] {spec.describe()}: ERROR {type(e).__name__}: {e}")
@@ -449,10 +451,15 @@ def stress(
             got = [case_row(i, spec, c, parity_seed) for c in cases]
             seconds = time.perf_counter() - began
             rows += got
-            models.append({"model": spec.describe(), "size": spec.size, "seconds": seconds})
+            models.append({"model": spec.describe(), "size": spec.size, "seconds": seconds, "metric": metric})
             f.writelines(json.dumps(r) + "\n" for r in got)
             f.flush()
             echo(model_line(i, len(specs), spec, got, seconds))
+            if metric:
+                echo(
+                    f"    {metric['metric']} fp32 {metric['fp32']:.4f} {precision} {metric['reduced']:.4f} "
+                    f"drop {metric['drop']:+.4f} (max {metric['max_drop']:.4f})"
+                )
     summary = summarise(rows, models, time.perf_counter() - started, logit_target)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
@@ -592,9 +599,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/parity-stress", help="directory for rows.jsonl and summary.json")
     parser.add_argument("--quick", action="store_true", help="twelve small models, every task (a smoke check)")
     parser.add_argument("--only", help="comma-separated model numbers to run (e.g. 25,75: a failure's model again)")
+    parser.add_argument("--precision", default="fp32", help="export at this precision (int8: the LSTM models only)")
     args = parser.parse_args(argv)
     only = {int(i) for i in args.only.split(",")} if args.only else None
     specs = quick_specs() if args.quick else full_specs(args.exports, args.seed)
+    if args.precision == "int8":
+        specs = [s for s in specs if s.cell == "lstm"]
     target = None if args.quick else LOGIT_TARGET
     print(
         f"{len(specs)} models, model seed {args.seed}, fresh parity seeds; rows and summary to {args.out}", flush=True
@@ -602,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     if only:
         target = target if 4 in only else None  # the confident LM is model 4
     echo = lambda line: print(line, flush=True)  # noqa: E731
-    summary = stress(specs, Path(args.out), args.seed, echo=echo, logit_target=target, only=only)
+    kwargs = {"echo": echo, "logit_target": target, "only": only, "precision": args.precision}
+    summary = stress(specs, Path(args.out), args.seed, **kwargs)
     report(summary)
     return exit_status(summary)
 

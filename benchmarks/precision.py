@@ -1,17 +1,17 @@
-"""Reduced-precision probe (groundwork for `rnnkit export --precision`): what onnxruntime's dynamic
-int8 quantization (`quantize_dynamic`, QInt8 weights) buys on rnnkit's own graphs, next to fp32
-and PyTorch eager in the same run (interleaved rounds, medians).
+"""Reduced precision, side by side in one run (interleaved rounds, medians): PyTorch eager, rnnkit
+fp32, rnnkit int8 (`rnnkit export --precision int8`: the graphs `toolkit.export.precision.convert`
+writes) and, where the `openvino` package is installed, OpenVINO fp32 and bf16 on the same
+model.onnx as a peer CPU backend.
 
-    .venv/bin/python -m benchmarks.precision [--rounds 5] [--demo runs/demo] [--json out.json]
+    .venv/bin/python -m benchmarks.precision [--rounds 5] [--threads N] [--demo runs/demo] [--json out.json]
 
-- full sequence: biLSTM 2x256 on 64 features, batch 32 x length 256 (model.onnx);
+- full sequence: biLSTM 2x256 on 64 features, batch 32 x length 256 (model.onnx), and the same
+  with GRU, whose int8 graph keeps its recurrence in float32 (ONNX Runtime has no integer GRU);
 - one step: LSTM 2x256, one stream, one step per call (step.onnx);
-- graph sizes; the largest output change of int8 against fp32 on those inputs;
-- with --demo (the directory `make demo` leaves): the official-TEST accuracy of the demo's
-  JapaneseVowels (biLSTM) and GunPoint (biGRU) bundles at fp32 and int8.
-
-Not a certificate: it shows the lever and its cost (`quantize_dynamic` rewrites ONNX LSTM into
-DynamicQuantizeLSTM; GRU and RNN stay fp32, only their MatMuls are quantized).
+- graph sizes, and the largest output change against fp32 on those inputs;
+- with --demo (the directory `make demo` leaves): the demo's JapaneseVowels (biLSTM) classifier
+  exported at int8 through the product path, its certificate, and the accuracy on the official
+  TEST split at fp32 and int8 (the export's task-metric check, on that file).
 """
 
 from __future__ import annotations
@@ -29,63 +29,75 @@ from benchmarks.runtime import interleaved
 BATCH, STEPS, FEATURES = 32, 256, 64
 
 
-def int8(path: Path, out: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
-    return out
-
-
-def session(path: Path, threads: int | None):
+def session(blob: bytes, threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
 
 
-def full_sequence(bundle: Path, tmp: Path, rounds: int, threads: int | None) -> dict:
+def openvino_models(path: Path, threads: int | None) -> dict:
+    """OpenVINO's compiled model.onnx at f32 and bf16 inference precision, or {} without openvino."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    model = core.read_model(str(path))
+    return {
+        precision: core.compile_model(model, "CPU", {**config, "INFERENCE_PRECISION_HINT": precision})
+        for precision in ("f32", "bf16")
+    }
+
+
+def full_sequence(bundle: Path, rounds: int, threads: int | None) -> dict:
     import torch
 
+    from toolkit.export.precision import convert
     from toolkit.train.checkpoint import load_model
 
     model = load_model(bundle.parent / "run")[0]
     x = np.random.default_rng(0).normal(size=(BATCH, STEPS, FEATURES)).astype(np.float32)
     lengths = np.full(BATCH, STEPS, dtype=np.int64)
     feeds = {"features": x, "lengths": lengths}
-    fp32 = session(bundle / "model.onnx", threads)
-    q = int8(bundle / "model.onnx", tmp / "full-int8.onnx")
-    quantized = session(q, threads)
+    blob = (bundle / "model.onnx").read_bytes()
+    int8 = convert(blob, "int8")
+    fp32, quantized = session(blob, threads), session(int8, threads)
     xt, lt = torch.from_numpy(x), torch.from_numpy(lengths)
 
     @torch.no_grad()
     def eager():
         model(xt, lt)
 
-    ms = interleaved(
-        {
-            "PyTorch eager": eager,
-            "rnnkit fp32 (model.onnx)": lambda: fp32.run(None, feeds),
-            "int8 (quantize_dynamic)": lambda: quantized.run(None, feeds),
-        },
-        calls=3,
-        rounds=rounds,
-    )
-    change = float(np.abs(fp32.run(None, feeds)[0] - quantized.run(None, feeds)[0]).max())
-    sizes = {"fp32": (bundle / "model.onnx").stat().st_size, "int8": q.stat().st_size}
-    return {"ms": ms, "max_output_change": change, "bytes": sizes}
+    contenders = {
+        "PyTorch eager": eager,
+        "rnnkit fp32": lambda: fp32.run(None, feeds),
+        "rnnkit int8": lambda: quantized.run(None, feeds),
+    }
+    compiled = openvino_models(bundle / "model.onnx", threads)
+    for precision, c in compiled.items():
+        contenders[f"OpenVINO {precision}"] = lambda c=c: c(feeds)
+    ms = interleaved(contenders, calls=3, rounds=rounds)
+    want = fp32.run(None, feeds)[0]
+    change = {"rnnkit int8": float(np.abs(quantized.run(None, feeds)[0] - want).max())}
+    for precision, c in compiled.items():
+        change[f"OpenVINO {precision}"] = float(np.abs(c(feeds)[0] - want).max())
+    return {"ms": ms, "max_output_change": change, "bytes": {"fp32": len(blob), "int8": len(int8)}}
 
 
-def one_step(bundle: Path, tmp: Path, rounds: int, threads: int | None) -> dict:
+def one_step(bundle: Path, rounds: int, threads: int | None) -> dict:
     import torch
 
+    from toolkit.export.precision import convert
     from toolkit.train.checkpoint import load_model
 
     model = load_model(bundle.parent / "run")[0]
     x = np.random.default_rng(1).normal(size=(1, 1, FEATURES)).astype(np.float32)
-    fp32 = session(bundle / "step.onnx", threads)
-    quantized = session(int8(bundle / "step.onnx", tmp / "step-int8.onnx"), threads)
+    blob = (bundle / "step.onnx").read_bytes()
+    fp32, quantized = session(blob, threads), session(convert(blob, "int8"), threads)
     zeros = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in fp32.get_inputs()[1:]}
     states = {"fp32": dict(zeros), "int8": dict(zeros)}
     names = [o.name.removesuffix("_next") for o in fp32.get_outputs()[1:]]
@@ -102,8 +114,8 @@ def one_step(bundle: Path, tmp: Path, rounds: int, threads: int | None) -> dict:
     ms = interleaved(
         {
             "PyTorch eager": eager,
-            "rnnkit fp32 (step.onnx)": lambda: step(fp32, "fp32"),
-            "int8 (quantize_dynamic)": lambda: step(quantized, "int8"),
+            "rnnkit fp32": lambda: step(fp32, "fp32"),
+            "rnnkit int8": lambda: step(quantized, "int8"),
         },
         calls=500,
         rounds=rounds,
@@ -111,28 +123,25 @@ def one_step(bundle: Path, tmp: Path, rounds: int, threads: int | None) -> dict:
     return {"us": {k: v * 1e3 for k, v in ms.items()}}
 
 
-def demo_accuracy(demo: Path, tmp: Path) -> dict:
-    """Official-TEST accuracy of the demo's classifiers at fp32 and int8 (same inputs, one call)."""
-    from toolkit.core.data import load_file
-    from toolkit.core.data.batching import pad
+def demo_int8(demo: Path, tmp: Path) -> dict:
+    """The demo's JapaneseVowels biLSTM exported at int8 as a user would, scored on the official
+    TEST split by the export's own task-metric check (and GunPoint's biGRU: refused, with why)."""
     from toolkit.core.data.examples import example_path
-    from toolkit.runtime.engine import Engine
-    from toolkit.runtime.infer import specs
+    from toolkit.export.exporter import export
+    from toolkit.export.precision import PrecisionError
 
     results = {}
     for name, test in (("japanese-vowels", "JapaneseVowels_TEST.ts"), ("gunpoint", "GunPoint_TEST.ts")):
-        bundle = demo / name / "bundle"
-        config, inp, out = specs(Engine(bundle, device="cpu").manifest)
-        data = load_file(str(example_path(test)), config, inp, out, require_target=False)
-        x, lengths = pad([e.inputs for e in data.examples], dtype=np.float32)
-        labels = np.array([e.target for e in data.examples])
-        feeds = {"features": x, "lengths": lengths}
-        y32 = session(bundle / "model.onnx", None).run(None, feeds)[0]
-        y8 = session(int8(bundle / "model.onnx", tmp / f"{name}-int8.onnx"), None).run(None, feeds)[0]
+        try:
+            report = export(demo / name, tmp / name, precision="int8", eval_data=example_path(test)).report
+        except PrecisionError as e:
+            results[name] = f"refused: {e}"
+            continue
+        summary = report.summary()
         results[name] = {
-            "fp32": float((y32.argmax(1) == labels).mean()),
-            "int8": float((y8.argmax(1) == labels).mean()),
-            "max_logit_change": float(np.abs(y32 - y8).max()),
+            "certificate": f"{summary['cases'] - summary['failed']}/{summary['cases']} cases, worst margin "
+            f"{summary['worst_margin']:.3f}",
+            **{k: summary["metric"][k] for k in ("metric", "fp32", "reduced", "drop", "passed")},
         }
     return results
 
@@ -140,22 +149,29 @@ def demo_accuracy(demo: Path, tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
-    parser.add_argument("--demo", type=Path, help="runs/demo of `make demo`: also the demo classifiers' accuracy")
+    parser.add_argument("--threads", type=int, help="intra-op threads of every contender (default: all cores)")
+    parser.add_argument("--demo", type=Path, help="runs/demo of `make demo`: the demo classifiers at int8")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         report = {
             "full sequence, biLSTM 2x256, B=32, T=256 (ms per call)": full_sequence(
-                feature_bundle(tmp / "bi", bidirectional=True), tmp, args.rounds, args.threads
+                feature_bundle(tmp / "bi", bidirectional=True), args.rounds, args.threads
+            ),
+            "full sequence, biGRU 2x256, B=32, T=256 (ms per call)": full_sequence(
+                feature_bundle(tmp / "gru", bidirectional=True, cell="gru"), args.rounds, args.threads
             ),
             "one step, LSTM 2x256, one stream (us per call)": one_step(
-                feature_bundle(tmp / "uni", bidirectional=False), tmp, args.rounds, args.threads
+                feature_bundle(tmp / "uni", bidirectional=False), args.rounds, args.threads
             ),
         }
         if args.demo:
-            report["demo classifiers, official TEST accuracy"] = demo_accuracy(args.demo, tmp)
+            report["demo classifiers at int8, official TEST split"] = demo_int8(args.demo, tmp)
     for title, figures in report.items():
         print(f"\n{title}")
         for key, value in figures.items():

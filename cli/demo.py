@@ -14,7 +14,8 @@
 Every training run ends with a verified ONNX bundle (run/bundle), and every run is recorded in
 MLflow (the default store, ./mlflow.db). The JapaneseVowels model is registered as
 `japanese-vowels` with the alias `champion`, re-verified against its checkpoint, and scored once
-more through the registry URI (ONNX Runtime, no torch). Each step is printed as the `rnnkit`
+more through the registry URI (ONNX Runtime, no torch), then exported at int8 with its accuracy on
+the official TEST split next to fp32's (the export's task-metric check). Each step is printed as the `rnnkit`
 command it runs; the demo starts from an empty runs/demo.
 """
 
@@ -68,6 +69,8 @@ def main() -> None:
     champion = f"models:/{REGISTERED}@champion"
     served = rnnkit("infer", champion, "--input", str(jv_test), "--output", f"{OUT}/jv-test-predictions.jsonl")
     results.append((f"  {champion}", "ONNX Runtime", "test accuracy", served["metrics"]["accuracy"]))
+    int8 = rnnkit("export", run, "--out", f"{run}/bundle-int8", "--precision", "int8", "--eval-data", str(jv_test))
+    results.append(("  int8 bundle", "ONNX Runtime int8", "test accuracy", int8["metric"]["reduced"]))
 
     run = f"{OUT}/gunpoint"
     rnnkit("train", "--task", "classify", "--data", str(gp_train), "--cell", "gru", "--bidirectional",

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from cli.export import PRECISIONS
 from cli.main import user_errors
 from toolkit.core.config import ATTENTIONS, CELLS, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, Config
 from toolkit.core.devices import TRAIN_DEVICES
@@ -83,6 +84,13 @@ def config_options(fn):
 @click.option(
     "--export/--no-export", "do_export", default=True, help="End with a verified ONNX bundle in OUT/bundle (on)."
 )
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Export the bundle at this precision (int8: CPU, LSTM; fp16: CUDA), certified against the fp32 model.",
+)
 @click.option("--mlflow/--no-mlflow", "use_mlflow", default=True, help="Record the run and its model in MLflow (on).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--experiment", help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else rnnkit).")
@@ -95,6 +103,7 @@ def train(
     resume,
     progress,
     do_export,
+    precision,
     use_mlflow,
     tracking_uri,
     experiment,
@@ -133,6 +142,7 @@ def train(
             config,
             resume=bool(resume),
             export=do_export,
+            precision=precision,
             mlflow=use_mlflow,
             tracking_uri=tracking_uri,
             experiment=experiment,
@@ -148,14 +158,18 @@ def train(
     if outcome.export is not None:
         parity, report = outcome.export.report.summary(), outcome.export.report_path
         if not outcome.passed:
-            click.echo(
-                f"error: parity failed ({parity['worst_case']}: {parity['worst_reason']}); report {report}", err=True
-            )
+            failed = "; ".join(outcome.export.report.reasons)
+            click.echo(f"error: parity failed ({failed}); report {report}; training is complete", err=True)
+            if as_json:  # the run itself finished: its summary is still what a script reads
+                click.echo(json.dumps(outcome.summary()))
             sys.exit(1)
         click.echo(
-            f"bundle: {outcome.bundle} ({parity['cases']} parity cases passed, worst at {parity['worst_margin']:.2f} "
-            f"of its budget, max abs error {parity['max_abs']:.1e})"
+            f"bundle: {outcome.bundle} ({parity['precision']}, {parity['cases']} parity cases passed, worst at "
+            f"{parity['worst_margin']:.2f} of its budget, max abs error {parity['max_abs']:.1e})"
         )
+        if "metric" in parity:
+            m = parity["metric"]
+            click.echo(f"  {m['metric']} fp32 {m['fp32']:.4f}, {parity['precision']} {m['reduced']:.4f} on {m['data']}")
     if outcome.mlflow and outcome.mlflow.get("run_id") and not outcome.mlflow.get("failed"):
         model = outcome.mlflow["model_uri"] or "no model logged (no bundle)"
         click.echo(f"MLflow run {outcome.mlflow['run_id']}: model {model}")

@@ -158,24 +158,9 @@ def heavy_modules_after(args: list[str], stdin: str = "") -> list[str]:
 
 def cuda_works() -> bool:
     """Whether a CUDA session really runs here (for skipif on GPU tests)."""
-    from toolkit.runtime.providers import make_session
+    from toolkit.runtime.providers import cuda_works as works
 
-    try:
-        return make_session(tiny_graph(), "auto").get_providers()[0] == "CUDAExecutionProvider"
-    except Exception:
-        return False
-
-
-def tiny_graph() -> bytes:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "tiny", [x], [y])
-    opsets = [helper.make_opsetid("", 17)]
-    return helper.make_model(
-        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
-    ).SerializeToString()
+    return works()
 
 
 def make_model(task, cell="lstm", nonlinearity="tanh", bidirectional=False, tokens=True, per_step=False, **kw):

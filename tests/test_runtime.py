@@ -174,6 +174,7 @@ def test_state_held_in_ortvalues_with_iobinding_gives_the_same_outputs(bundles):
     assert worst <= 1e-6 and b.steps == 17
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not cuda_works(), reason="no working CUDA execution provider on this machine")
 def test_cuda_stream_keeps_state_on_the_device_and_matches_cpu(bundles):
     cpu, gpu = Engine(bundles["uni-regress"], device="cpu"), Engine(bundles["uni-regress"], device="cuda")

@@ -75,6 +75,7 @@ def run(
     *,
     resume: bool = False,
     export: bool = True,
+    precision: str = "fp32",
     mlflow: bool = True,
     tracking_uri: str | None = None,
     experiment: str | None = None,
@@ -93,6 +94,13 @@ def run(
         raise ConfigError("registering needs MLflow and the export (drop --no-mlflow / --no-export)")
     if aliases and not register:
         raise ConfigError("an alias needs a registered name (--register NAME)")
+    if precision != "fp32":  # refused before training, not after it
+        from toolkit.export.exporter import providers_for
+        from toolkit.export.precision import check
+
+        if not export:
+            raise ConfigError(f"--precision {precision} is the bundle's: drop --no-export")
+        check(precision, config.model.cell, config.task, cuda="CUDAExecutionProvider" in providers_for())
     tracker = None
     if mlflow:
         from toolkit.tracking.training import Tracker
@@ -115,7 +123,7 @@ def run(
 
         hint = f"interrupted during export; training is complete: rnnkit export {result.out} --out {result.out}/bundle"
         with _aborting(tracker, lambda: hint):
-            outcome.export = export_bundle(result.out, result.out / "bundle")
+            outcome.export = export_bundle(result.out, result.out / "bundle", precision=precision)
     if tracker:
         tracker.finish(result, outcome.bundle)
         outcome.mlflow = tracker.summary()

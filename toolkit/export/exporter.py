@@ -17,6 +17,7 @@ from toolkit.core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, Bundle
 from toolkit.core.data import pad_batch
 from toolkit.core.versions import installed
 from toolkit.export import parity, seq2seq_parity
+from toolkit.export import precision as precisions
 from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
 from toolkit.export.seq2seq_graph import build_decoder_step_graph, build_encoder_graph
 from toolkit.train.checkpoint import load_model
@@ -38,11 +39,19 @@ def export(
     sample: str | Path | None = None,
     seed: int | None = None,
     force: bool = False,
+    precision: str = "fp32",
+    eval_data: str | Path | None = None,
+    max_metric_drop: float | None = None,
 ) -> ExportResult:
     """Export the best model of `run_dir` to the bundle `out`. Parity failures leave no bundle
-    (unless `force`, which writes one marked failed) but keep the report next to `out`."""
+    (unless `force`, which writes one marked failed) but keep the report next to `out`.
+
+    `precision` other than fp32 (toolkit.export.precision): the fp32 graphs converted, certified
+    under that precision's rule on the providers that run it, and the task metric of both on
+    `eval_data` (default: the run's validation data), refused past `max_metric_drop`."""
     out = Path(out)
     model, config, input_spec, output_spec = load_model(run_dir)
+    rule = precisions.check(precision, config.model.cell, config.task, cuda="CUDAExecutionProvider" in providers_for())
     weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     seed = parity.fresh_seed(seed)
     examples = _read_sample(sample, config, input_spec, output_spec) if sample else None
@@ -59,10 +68,18 @@ def export(
         graphs = {"model.onnx": build_full_graph(weights, config.model, input_spec, output_spec, opset=opset)}
         if not config.model.bidirectional:
             graphs["step.onnx"] = build_step_graph(weights, config.model, input_spec, output_spec, opset=opset)
-        blobs = {name: g.SerializeToString() for name, g in graphs.items()}
+        fp32 = {name: g.SerializeToString() for name, g in graphs.items()}
+        blobs = {name: precisions.convert(b, precision) for name, b in fp32.items()}
+        graphs = {name: onnx.load_model_from_string(b) for name, b in blobs.items()}
         batch = pad_batch(examples, np.arange(len(examples))) if examples else None
         sample_data = (batch.inputs, batch.lengths) if batch is not None else None
-        report = certify(model, blobs, input_spec.to_dict(), model.per_step, seed, sample_data)
+        providers = providers_for(precision)
+        report = certify(model, blobs, input_spec.to_dict(), model.per_step, seed, sample_data, rule, providers)
+        if precision != "fp32":
+            data, name = _labelled(eval_data, config, input_spec, output_spec, precision)
+            report.metric = precisions.metric_check(
+                fp32["model.onnx"], blobs["model.onnx"], providers[-1], config, output_spec, data, name, max_metric_drop
+            )
 
     manifest = build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir)
     report_json = json.dumps(report.to_dict(), indent=2).encode()
@@ -75,16 +92,40 @@ def export(
     return ExportResult(out, report, manifest, False, kept)
 
 
+def _labelled(eval_data, config, input_spec, output_spec, precision: str):
+    """The labelled data a reduced-precision export scores: `eval_data`, else the run's validation data."""
+    from toolkit.core.data import load_file, validation_data
+    from toolkit.core.errors import DataError
+
+    if eval_data is not None:
+        return load_file(eval_data, config, input_spec, output_spec, require_target=True), f"--eval-data {eval_data}"
+    try:
+        return validation_data(config, input_spec, output_spec)
+    except (DataError, OSError) as e:
+        raise precisions.PrecisionError(
+            f"a {precision} export compares the task metric at fp32 and {precision} on labelled data, and the "
+            f"run's validation data cannot be read ({e}); pass --eval-data FILE (labelled, in a training format)"
+        ) from None
+
+
 def certify(
-    model, blobs: dict[str, bytes], input_dict: dict, per_step: bool, seed: int, sample=None, rule=parity.FP32
+    model,
+    blobs: dict[str, bytes],
+    input_dict: dict,
+    per_step: bool,
+    seed: int,
+    sample=None,
+    rule=parity.FP32,
+    providers: list[str] | None = None,
 ) -> parity.Report:
-    """ONNX Runtime against torch in float64, on every provider that works here, each case held
-    to the budget `rule` derives from torch's own float32 error on it (parity.py)."""
+    """ONNX Runtime against torch in float64, on every provider that works here (or `providers`),
+    each case held to the budget `rule` derives from torch's own error in that precision on it
+    (parity.py)."""
     rng = np.random.default_rng(seed)
     reference = TorchReference(model, rng, rule)
     make_inputs = parity.InputMaker(input_dict, rng)
     cases = []
-    for provider in _providers():
+    for provider in providers or providers_for():
         cases += parity.all_cases(blobs, reference, make_inputs, per_step, provider, rng, rule, sample)
     return parity.Report(seed=seed, rule=rule, cases=cases)
 
@@ -92,19 +133,25 @@ def certify(
 def certify_seq2seq(model, blobs, source_vocab: int, target_vocab: int, seed: int, sources=None) -> parity.Report:
     """encoder.onnx and decoder_step.onnx against torch in float64 (toolkit.export.seq2seq_parity)."""
     reference = Seq2SeqTorchReference(model, np.random.default_rng(seed))
-    return seq2seq_parity.certify(reference, blobs, source_vocab, target_vocab, seed, sources, providers=_providers())
+    sizes = source_vocab, target_vocab
+    return seq2seq_parity.certify(reference, blobs, *sizes, seed, sources, providers=providers_for())
 
 
 def noise_copies(model, rng: np.random.Generator, rule=parity.FP32):
-    """The reference (the model in float64) and the float32 noise runs: the model as trained and
-    copies whose every weight is moved by about one ulp (`parity.perturbed_weights`)."""
-    fp64 = copy.deepcopy(model).double().eval()
-    fp32 = [copy.deepcopy(model).float().eval() for _ in range(rule.noise_runs)]
-    for m in fp32[1:]:
-        weights = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
-        moved = parity.perturbed_weights(weights, rng, rule.eps)
+    """The reference (the model in float64, CPU) and the noise runs in the rule's precision: the
+    model as trained and copies whose weights are moved as that precision stores them
+    (`parity.noise_weights`). float16 runs on CUDA, where its recurrent kernels are."""
+    fp64 = copy.deepcopy(model).cpu().double().eval()
+    state = model.state_dict()
+    weights = {k: (v.float() if v.is_floating_point() else v).detach().cpu().numpy() for k, v in state.items()}
+    dtype = getattr(torch, rule.noise_dtype)
+    device = "cuda" if dtype == torch.float16 else "cpu"
+    runs = []
+    for moved in parity.noise_weights(weights, rng, rule):
+        m = copy.deepcopy(model).cpu().float()
         m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in moved.items()})
-    return fp64, fp32
+        runs.append(m.to(device=device, dtype=dtype).eval())
+    return fp64, runs
 
 
 class Seq2SeqTorchReference(seq2seq_parity.Reference):
@@ -166,16 +213,17 @@ class TorchReference(parity.Reference):
 
 
 def _as_torch(x: np.ndarray, model) -> torch.Tensor:
-    """Token ids stay int64; features take the model's float type."""
+    """Token ids stay int64; features take the model's float type; both go to its device."""
+    weight = next(model.parameters())
     if x.dtype == np.int64:
-        return torch.from_numpy(x)
-    return torch.from_numpy(x).to(next(model.parameters()).dtype)
+        return torch.from_numpy(x).to(weight.device)
+    return torch.from_numpy(x).to(weight.device, weight.dtype)
 
 
 @torch.no_grad()
 def _torch_forward(model, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     y, _ = model(_as_torch(x, model), torch.from_numpy(lengths))
-    return y.double().numpy()
+    return y.double().cpu().numpy()
 
 
 @torch.no_grad()
@@ -183,16 +231,18 @@ def _torch_state(model, x: np.ndarray) -> dict[str, np.ndarray]:
     """The final state after the whole stream, stacked per layer like step.onnx's: [L, B, H]."""
     _, state = model(_as_torch(x, model))
     if isinstance(state[0], tuple):
-        h, c = (torch.cat([s[k] for s in state]).double().numpy() for k in (0, 1))
+        h, c = (torch.cat([s[k] for s in state]).double().cpu().numpy() for k in (0, 1))
         return {"h": h, "c": c}
-    return {"h": torch.cat(state).double().numpy()}
+    return {"h": torch.cat(state).double().cpu().numpy()}
 
 
-def _providers() -> list[str]:
+def providers_for(precision: str = "fp32") -> list[str]:
+    """Where the certificate runs: the CPU, and CUDA where it works; int8 on the CPU only (its
+    integer kernels are CPU kernels), fp16 on CUDA only (the CPU provider has no float16 LSTM)."""
     providers = ["CPUExecutionProvider"]
     if torch.cuda.is_available() and "CUDAExecutionProvider" in parity.ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
-    return providers
+    return {"int8": providers[:1], "fp16": providers[1:]}.get(precision, providers)
 
 
 def _read_sample(path, config, input_spec, output_spec) -> list:
@@ -259,7 +309,7 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
         "output": out,
         "reader": reader_spec(config, input_spec),
         "state": state_spec(cfg.decoder()) if seq2seq else None if cfg.bidirectional else state_spec(cfg),
-        "precision": "fp32",
+        "precision": report.rule.precision,
         "opset": opset,
         "graphs": {
             name: {

@@ -50,24 +50,28 @@ FP32_MAX = float(np.finfo(np.float32).max)
 
 @dataclass(frozen=True)
 class Rule:
-    """How large an error a case may have (see the module docstring)."""
+    """How large an error a case may have (see the module docstring). `noise` says what the noise
+    runs are: the reference computed in the bundle's precision (`noise_dtype`), its weights
+    moved the way that precision stores them (`weights`: "ulp", each weight times 1 + u*eps;
+    "int8 grid", each tensor rounded to 255 levels and moved by up to half a level)."""
 
     precision: str = "fp32"
     factor: float = 8.0
     floor_ulps: float = 16.0
     eps: float = FP32_EPS
-    noise_runs: int = 3  # the reference in float32 as is, and with weights moved by ~1 ulp (twice)
+    noise_runs: int = 3  # the reference as is, and with its weights moved (twice)
+    noise_dtype: str = "float32"
+    weights: str = "ulp"
+    noise: str = (
+        "largest error against the reference of the float32 runs of the same case "
+        "(as is, and with every weight moved by about one ulp)"
+    )
 
     def budget(self, noise: float, scale: float) -> float:
         return self.factor * noise + self.floor_ulps * self.eps * scale
 
     def to_dict(self) -> dict:
-        return {
-            **asdict(self),
-            "budget": "factor * noise + floor_ulps * eps * max|reference|",
-            "noise": "largest error against the reference of the float32 runs of the same case "
-            "(as is, and with every weight moved by about one ulp)",
-        }
+        return {**asdict(self), "budget": "factor * noise + floor_ulps * eps * max|reference|"}
 
 
 FP32 = Rule()
@@ -111,10 +115,22 @@ class Report:
     seed: int
     rule: Rule
     cases: list[Case]
+    #: Reduced precision: the task metric at fp32 and at the bundle's precision
+    #: (toolkit.export.precision.MetricCheck); None for fp32 bundles.
+    metric: object | None = None
 
     @property
     def passed(self) -> bool:
-        return bool(self.cases) and all(c.passed for c in self.cases)
+        metric_ok = self.metric is None or self.metric.passed
+        return bool(self.cases) and all(c.passed for c in self.cases) and metric_ok
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why it failed, one line per failed case (and the metric check)."""
+        why = [f"{c.name}: {c.reason}" for c in self.failures]
+        if self.metric is not None and not self.metric.passed:
+            why.append(f"task metric: {self.metric.reason}")
+        return why
 
     @property
     def failures(self) -> list[Case]:
@@ -132,10 +148,16 @@ class Report:
             "max_abs": max((c.max_abs for c in self.cases), default=None),
             "precision": self.rule.precision,
             "seed": self.seed,
-        }
+        } | ({"metric": self._metric_summary()} if self.metric is not None else {})
+
+    def _metric_summary(self) -> dict:
+        m = self.metric
+        keys = ("metric", "fp32", "reduced", "drop", "max_drop", "passed", "data")
+        return {k: getattr(m, k) for k in keys}
 
     def to_dict(self) -> dict:
-        return {"summary": self.summary(), "rule": self.rule.to_dict(), "cases": [asdict(c) for c in self.cases]}
+        d = {"summary": self.summary(), "rule": self.rule.to_dict(), "cases": [asdict(c) for c in self.cases]}
+        return d | ({"metric": self.metric.to_dict()} if self.metric is not None else {})
 
 
 def errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
@@ -208,6 +230,31 @@ def perturbed_weights(weights: dict[str, np.ndarray], rng: np.random.Generator, 
     return out
 
 
+def int8_grid_weights(weights: dict[str, np.ndarray], rng: np.random.Generator | None) -> dict:
+    """Every float weight tensor (but the data `STATISTICS`) on a symmetric int8 grid of its own
+    (step = max|w| / 127, as int8 weight quantization stores it): rounded to the grid when `rng`
+    is None, else moved by a uniform fraction of up to half a step (a rounding of unknown sign)."""
+    out = {}
+    for k, v in weights.items():
+        if np.issubdtype(v.dtype, np.floating) and k not in STATISTICS and v.size:
+            step = float(np.abs(v).max()) / 127.0 or 1.0
+            w = v.astype(np.float64)
+            w = np.round(w / step) * step if rng is None else w + rng.uniform(-0.5, 0.5, size=v.shape) * step
+            v = w.astype(v.dtype)
+        out[k] = v
+    return out
+
+
+def noise_weights(weights: dict[str, np.ndarray], rng: np.random.Generator, rule: Rule) -> list[dict]:
+    """The weights of the `rule.noise_runs` noise runs: as stored (fp32, fp16: the run's own
+    dtype rounds them) or rounded to the int8 grid, then moved by about one unit of the precision."""
+    if rule.weights == "int8 grid":
+        return [int8_grid_weights(weights, None)] + [
+            int8_grid_weights(weights, rng) for _ in range(rule.noise_runs - 1)
+        ]
+    return [weights] + [perturbed_weights(weights, rng, rule.eps) for _ in range(rule.noise_runs - 1)]
+
+
 class OracleReference(Reference):
     """Torch-free reference for `rnnkit verify` without a checkpoint: the NumPy oracle in float64
     (`oracle.GraphModel`, the textbook equations) with the weights read back from model.onnx. The
@@ -223,7 +270,7 @@ class OracleReference(Reference):
         weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
         tokens = manifest["input"]["kind"] == "tokens"
         model, per_step = manifest["model"], manifest["output"]["per_step"]
-        copies = [weights] + [perturbed_weights(weights, rng, rule.eps) for _ in range(rule.noise_runs - 1)]
+        copies = noise_weights(weights, rng, rule)
         try:
             self.model = oracle.GraphModel(weights, model, tokens, per_step)
             self.fp32 = [oracle.GraphModel(w, model, tokens, per_step, np.float32) for w in copies]

@@ -35,18 +35,27 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
     manifest = read_manifest(bundle)
     blobs = check_graphs(bundle, manifest)
     check_certificate(Path(bundle), manifest)
-    Engine(bundle, device="cpu", allow_unverified=True)  # the manifest describes the graphs' own inputs and state
+    precision = manifest["precision"]
+    # The manifest describes the graphs' own inputs and state (fp16 graphs load on CUDA only).
+    Engine(bundle, device="cpu" if precision != "fp16" else "cuda", allow_unverified=True)
     seed = parity.fresh_seed(seed)
     seq2seq = "encoder.onnx" in blobs
     vocab_sizes = (manifest["input"]["vocab_size"], manifest["output"]["vocab_size"]) if seq2seq else None
     if checkpoint is not None:
-        from toolkit.export.exporter import certify, certify_seq2seq
+        from toolkit.export.exporter import certify, certify_seq2seq, providers_for
+        from toolkit.export.precision import RULES
         from toolkit.train.checkpoint import load_model
 
         model = load_model(checkpoint)[0]
         if seq2seq:
             return certify_seq2seq(model, blobs, *vocab_sizes, seed)
-        return certify(model, blobs, manifest["input"], manifest["output"]["per_step"], seed)
+        per_step, providers = manifest["output"]["per_step"], providers_for(precision)
+        return certify(model, blobs, manifest["input"], per_step, seed, rule=RULES[precision], providers=providers)
+    if precision != "fp32":
+        raise BundleError(
+            f"{bundle}: files, hashes and graphs are sound; the parity of a {precision} bundle is checked against "
+            "the model it was exported from: pass --checkpoint RUN_DIR (the torch-free check reads fp32 weights)"
+        )
     if seq2seq:
         try:
             reference = seq2seq_parity.OracleReference(blobs, manifest, np.random.default_rng(seed))

@@ -30,7 +30,7 @@ from toolkit.core.bundle import BundleError, read_graph, read_manifest
 from toolkit.core.data.batching import pad
 from toolkit.core.errors import RnnkitError, first_line
 from toolkit.core.search import Search
-from toolkit.runtime.providers import DeviceError, make_session
+from toolkit.runtime.providers import DeviceError, cuda_works, make_session
 from toolkit.runtime.seq2seq import PER_SOURCE, Translator
 
 DEVICE_TYPE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -59,6 +59,9 @@ class Engine:
                 f"{self.path}: this bundle failed its parity check (worst: {self.manifest['parity']['worst_case']}); "
                 "pass --allow-unverified to run it anyway"
             )
+        self.precision = self.manifest["precision"]
+        if self.precision == "fp16":
+            device = self._fp16_device(device)
         graphs = {name: read_graph(self.path, name, info) for name, info in self.manifest["graphs"].items()}
         inp = self.manifest["input"]
         self.input_name = inp["name"]
@@ -89,6 +92,21 @@ class Engine:
             self.step_outputs = [o.name for o in self.step.get_outputs()]
             self._check_inputs(self.step, "step.onnx", {self.input_name, *self.state_names})
             self._check_state(self.step, "step.onnx")
+
+    def _fp16_device(self, device: str) -> str:
+        """fp16 bundles run on CUDA only: ONNX Runtime's CPU provider has no float16 recurrent
+        kernels (and 1.31 crashes loading one), so they are refused before any session exists."""
+        why = None
+        if device == "cpu":
+            why = "not with --device cpu"
+        elif not cuda_works():
+            why = "and this machine has no working CUDA provider"
+        if why:
+            raise BundleError(
+                f"{self.path}: an fp16 bundle runs on CUDA only ({why}); export the model with --precision fp32 "
+                "or int8 for CPUs"
+            )
+        return "cuda"
 
     @property
     def why_not_streaming(self) -> str | None:

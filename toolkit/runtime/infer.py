@@ -62,7 +62,7 @@ def infer_file(
     outputs = engine.infer(inputs, batch_size=batch_size, progress=update, search=search)
     results = [{"index": i, **result(engine.manifest, y)} for i, y in enumerate(outputs)]
     labelled = all(t is not None for t in targets)
-    return results, (_metrics(config, output_spec, outputs, targets) if labelled else None)
+    return results, (metrics_of(config, output_spec, outputs, targets) if labelled else None)
 
 
 def result(manifest: dict, y: np.ndarray) -> dict:
@@ -72,7 +72,8 @@ def result(manifest: dict, y: np.ndarray) -> dict:
     return tasks.of(manifest["task"]).result(y, tasks.names(manifest))
 
 
-def _metrics(config: Config, output_spec: OutputSpec, outputs: list, targets: list) -> dict:
+def metrics_of(config: Config, output_spec: OutputSpec, outputs: list, targets: list) -> dict:
+    """The task metrics of per-sequence `outputs` (as `Engine.infer` returns them) against `targets`."""
     metrics = tasks.metrics_for(config.task, output_spec.labels, config.data.level)
     if tasks.of(config.task).predicts == "sequences":  # the best hypothesis against the target (<eos> off)
         metrics.update([hyps[0].tokens for hyps in outputs], [list(t)[:-1] for t in targets])

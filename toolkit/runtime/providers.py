@@ -8,6 +8,9 @@ logs) and the provider it actually got decides.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import onnxruntime as ort
 
 from toolkit.core.devices import RUNTIME_DEVICES as DEVICES
@@ -43,6 +46,14 @@ def make_session(
         if device in ("cuda", "tensorrt"):
             raise DeviceError(f"--device {device}: this onnxruntime build has no {wanted}; use --device cpu or auto")
         return ort.InferenceSession(model, options, providers=[CPU])
+    if wanted == PROVIDER["cuda"] and device == "cuda" and not cuda_works():
+        # Checked first: a session that falls back to the CPU can crash on a graph only CUDA
+        # runs (ONNX Runtime 1.31's CPU provider segfaults loading a float16 LSTM or GRU).
+        raise DeviceError(
+            "--device cuda: CUDAExecutionProvider does not work on this machine (no usable GPU, driver or "
+            "CUDA libraries); use --device cpu or auto"
+        )
+    preload_cuda()
     provider = (wanted, {"use_tf32": 0}) if wanted == PROVIDER["cuda"] and not tf32 else wanted
     ort.set_default_logger_severity(4)  # the provider's load errors are expected where no GPU works
     try:
@@ -55,3 +66,34 @@ def make_session(
             "libraries); use --device cpu or auto"
         )
     return session
+
+
+@functools.cache
+def cuda_works() -> bool:
+    """Whether a session really runs on CUDA here: a one-node float16 graph on the CUDA provider
+    (asked once per process)."""
+    if PROVIDER["cuda"] not in ort.get_available_providers():
+        return False
+    preload_cuda()
+    from onnx import TensorProto, helper  # only where a CUDA build is installed
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=[PROVIDER["cuda"]])
+        return session.get_providers()[0] == PROVIDER["cuda"]
+    except Exception:  # noqa: BLE001 - any failure to start the provider means "no"
+        return False
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+@functools.cache
+def preload_cuda() -> None:
+    """Load CUDA and cuDNN from their pip packages (nvidia-*), as a pip-installed torch has them,
+    before the first CUDA session: onnxruntime-gpu finds them only so (`preload_dlls`)."""
+    with contextlib.suppress(Exception):  # absent packages: the system's libraries are used
+        ort.preload_dlls()

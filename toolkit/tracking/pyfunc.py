@@ -270,7 +270,7 @@ def metadata(manifest: dict) -> dict:
             "graphs": sorted(manifest.get("graphs", {})),
             "precision": manifest.get("precision"),
             "opset": manifest.get("opset"),
-            "parity": pick(parity, ("passed", "max_abs", "worst_margin", "cases", "failed", "worst_case")),
+            "parity": pick(parity, ("passed", "max_abs", "worst_margin", "cases", "failed", "worst_case", "metric")),
             "producer": manifest.get("producer", {}),
         }
     }
@@ -284,7 +284,10 @@ def model_tags(manifest: dict) -> dict[str, str]:
         "rnnkit.task": manifest["task"],
         "rnnkit.input": manifest["input"]["kind"],
         "rnnkit.parity_passed": str(bool(parity.get("passed"))).lower(),
+        "rnnkit.precision": str(manifest.get("precision")),
     }
+    if parity.get("metric"):
+        tags["rnnkit.metric_drop"] = f"{parity['metric']['drop']:.4g}"
     if "max_abs" in parity:
         tags["rnnkit.parity_max_abs"] = f"{parity['max_abs']:.3g}"
     if parity.get("worst_margin") is not None:

@@ -9,6 +9,7 @@ with everything kept in the run directory (`rnnkit register OUT/bundle` records 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import tempfile
@@ -178,6 +179,14 @@ class Tracker:
         mlflow.log_metrics(
             {prefix + k: v for k, v in best.items()}, step=result.best_epoch, model_id=self.model_info.model_id
         )
+        parity = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["parity"]
+        check = parity.get("metric")
+        if check:  # a reduced-precision bundle: its metric next to fp32's, and the drop
+            precision = parity["precision"]
+            mlflow.log_param("precision", precision)
+            drop = {f"fp32_{check['metric']}": check["fp32"], f"{precision}_{check['metric']}": check["reduced"]}
+            drop["precision_metric_drop"] = check["drop"]
+            mlflow.log_metrics(drop, step=result.best_epoch, model_id=self.model_info.model_id)
 
     def summary(self) -> dict:
         return {

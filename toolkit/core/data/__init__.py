@@ -16,7 +16,7 @@ from toolkit.core.data.encode import (
 )
 from toolkit.core.data.examples import example_path
 from toolkit.core.data.formats import SUFFIX_FORMATS, read_records, resolve_format
-from toolkit.core.data.load import encode_records, load_data, load_file
+from toolkit.core.data.load import encode_records, load_data, load_file, validation_data
 from toolkit.core.data.records import Record, Records
 from toolkit.core.data.split import split_sequences, split_stream
 from toolkit.core.data.text import tokenize
@@ -55,6 +55,7 @@ __all__ = [
     "label_universe",
     "load_data",
     "load_file",
+    "validation_data",
     "order_labels",
     "order_tags",
     "pad_batch",

@@ -46,6 +46,27 @@ def load_file(
     return encode_records(records, config, input_spec, output_spec, require_target)
 
 
+def validation_data(
+    config: Config, input_spec: InputSpec, output_spec: OutputSpec
+) -> tuple[SequenceDataset | StreamDataset, str]:
+    """The validation data a run was trained with, encoded with its specs, and its description:
+    the `data.val` file, or the `val_fraction` held out of `data.data` exactly as training held
+    it out (same seed). DataError when the run had none or its files cannot be read."""
+    d = config.data
+    if d.val:
+        return load_file(d.val, config, input_spec, output_spec), f"the run's validation file {d.val}"
+    if not d.data:
+        raise DataError("the run names no training data to take its validation split from")
+    records = read_records(d.data, config.task, d.format, True, **_reading(config))
+    if records.is_stream:
+        _, val, note = split_stream(records, d.val_fraction, d.horizon)
+    else:
+        _, val, note = split_sequences(records, d.val_fraction, config.train.seed)
+    if val is None:
+        raise DataError(f"the run has no validation data ({note})", path=d.data)
+    return encode_records(val, config, input_spec, output_spec), f"the run's validation split ({note})"
+
+
 def _reading(config: Config) -> dict:
     """How the config reads text: read_records' keyword arguments."""
     d = config.data

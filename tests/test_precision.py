@@ -1,0 +1,169 @@
+"""Reduced-precision bundles (`--precision`): int8 on CPU for every LSTM task and direction, with its
+certificate and task-metric check; the refusals that say why (GRU/RNN int8, bf16, fp16 without
+CUDA, seq2seq); a wrong int8 graph refused; fp16 on CUDA where a GPU is."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.helpers import cuda_works, rnnkit, trained_run, write_jsonl
+from tests.test_parity_detection import graphs, initializer, set_initializer
+from toolkit.core.bundle import read_manifest
+from toolkit.export import parity, precision
+from toolkit.export.exporter import certify, export
+from toolkit.runtime.engine import Engine
+
+NO_CUDA = "no working CUDA execution provider on this machine"
+
+
+@pytest.mark.parametrize(
+    "task, bidirectional",
+    [("classify", True), ("tag", False), ("lm", False), ("regress", False), ("regress-step", True)],
+)
+def test_int8_lstm_exports_with_certificate_and_metric(tmp_path, task, bidirectional):
+    run = trained_run(tmp_path, task, "lstm", bidirectional=bidirectional)
+    result = export(run, tmp_path / "bundle", precision="int8")
+    report = result.report
+    worst = max(report.cases, key=lambda c: c.margin)
+    m = report.metric
+    print(f"{task}: {len(report.cases)} cases, worst {worst.name} margin {worst.margin:.3f} ({worst.max_abs:.2e})")
+    print(f"  {m.metric} fp32 {m.fp32:.4f} int8 {m.reduced:.4f} drop {m.drop:+.4f} (max {m.max_drop:.4f}) on {m.data}")
+    assert report.passed and result.written, report.reasons
+    assert {c.provider for c in report.cases} == {"CPUExecutionProvider"}
+    manifest = read_manifest(tmp_path / "bundle")
+    assert manifest["precision"] == "int8" and manifest["parity"]["metric"]["metric"] == m.metric
+    ops = {n.op_type for n in onnx.load(tmp_path / "bundle" / "model.onnx").graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops, ops
+    certificate = json.loads((tmp_path / "bundle" / "parity.json").read_text())
+    assert certificate["rule"]["precision"] == "int8" and certificate["metric"]["passed"]
+    engine = Engine(tmp_path / "bundle", device="cpu")  # it runs like any bundle
+    assert engine.step is None if bidirectional else engine.step is not None
+
+
+def test_int8_through_the_cli_prints_the_metric_and_infers(tmp_path):
+    run = trained_run(tmp_path, "classify", "lstm")
+    rows = [{"tokens": list("abcab"), "label": "a"}, {"tokens": list("ccbca"), "label": "c"}]
+    data = write_jsonl(tmp_path / "eval.jsonl", rows * 10)
+    out = rnnkit("export", run, "--out", tmp_path / "b", "--precision", "int8", "--eval-data", data)
+    print(out.stdout[-900:])
+    assert out.returncode == 0, out.stderr
+    assert "task metric on --eval-data" in out.stdout and "(20 sequences): accuracy fp32" in out.stdout
+    assert "int8 err" in out.stdout
+    inferred = rnnkit("infer", tmp_path / "b", "--input", data, "--output", tmp_path / "p.jsonl", "--device", "cpu")
+    assert inferred.returncode == 0, inferred.stderr
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 20
+
+
+def test_metric_drop_over_the_limit_writes_no_bundle(tmp_path):
+    """A limit no bundle can meet (it must gain a point): refused, report kept, reason given."""
+    run = trained_run(tmp_path, "tag", "lstm")
+    result = export(run, tmp_path / "bundle", precision="int8", max_metric_drop=-0.01)
+    assert not result.written and not (tmp_path / "bundle").exists()
+    assert all(c.passed for c in result.report.cases)
+    assert any(r.startswith(("task metric: span_f1", "task metric: accuracy")) for r in result.report.reasons)
+    assert json.loads(result.report_path.read_text())["metric"]["passed"] is False
+
+
+def test_metric_check_direction_and_defaults():
+    up = precision.MetricCheck("accuracy", "max", "d", 10, 0.90, 0.894, 0.005, {}, {})
+    assert round(up.drop, 6) == 0.006 and not up.passed and "0.0060 > --max-metric-drop 0.0050" in up.reason
+    down = precision.MetricCheck("rmse", "min", "d", 10, 2.0, 1.99, precision.default_max_drop("rmse", 2.0), {}, {})
+    assert down.drop < 0 and down.passed and down.max_drop == pytest.approx(0.02)
+    assert precision.default_max_drop("cross_entropy", 1.3) == 0.01
+    nan = precision.MetricCheck("accuracy", "max", "d", 10, 0.9, float("nan"), 0.005, {}, {})
+    assert not nan.passed
+
+
+def test_wrong_int8_graph_is_refused(tmp_path):
+    """Gates swapped in the fp32 graphs before quantization (a layout bug): the int8 certificate
+    refuses them, and the intact int8 graphs pass on the same seed."""
+    model, blobs, input_dict, per_step = graphs(trained_run(tmp_path, "tag", "lstm"))
+
+    def swapped(blob):
+        graph = onnx.load_model_from_string(blob)
+        for i in range(2):
+            w = initializer(graph, f"layer{i}.W")
+            blocks = np.split(w, 4, axis=1)
+            blocks[1], blocks[2] = blocks[2], blocks[1]
+            set_initializer(graph, f"layer{i}.W", np.concatenate(blocks, axis=1))
+        return graph.SerializeToString()
+
+    seed = parity.fresh_seed(None)
+    good = {n: precision.convert(b, "int8") for n, b in blobs.items()}
+    bad = {n: precision.convert(swapped(b), "int8") for n, b in blobs.items()}
+    intact = certify(model, good, input_dict, per_step, seed, rule=precision.INT8, providers=["CPUExecutionProvider"])
+    broken = certify(model, bad, input_dict, per_step, seed, rule=precision.INT8, providers=["CPUExecutionProvider"])
+    margins = intact.summary()["worst_margin"], broken.summary()["worst_margin"]
+    print(f"seed {seed}: worst margin intact {margins[0]:.3f}, broken {margins[1]:.1f}")
+    assert intact.passed, intact.reasons
+    assert not broken.passed and len(broken.failures) > len(broken.cases) // 2
+
+
+@pytest.mark.parametrize(
+    "cell, flag, words",
+    [
+        ("gru", "int8", ["int8 needs ONNX Runtime's integer LSTM kernel", "none for GRU", "fp32"]),
+        ("rnn", "int8", ["none for RNN"]),
+        ("lstm", "bf16", ["bf16 is not offered", "OpenVINO", "int8 on CPU or fp16 on CUDA"]),
+    ],
+)
+def test_refusals_say_why(tmp_path, cell, flag, words):
+    run = trained_run(tmp_path, "classify", cell)
+    out = rnnkit("export", run, "--out", tmp_path / "b", "--precision", flag)
+    assert out.returncode == 2, out.stderr
+    assert all(w in out.stderr for w in words), out.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_train_refuses_an_impossible_precision_before_training(tmp_path):
+    data = write_jsonl(tmp_path / "t.jsonl", [{"tokens": ["a", "b"], "label": "x"}] * 8)
+    out = rnnkit("train", "--task", "classify", "--data", data, "--cell", "gru", "--precision", "int8",
+                 "--out", tmp_path / "run", "--no-mlflow", "--device", "cpu")  # fmt: skip
+    assert out.returncode == 2 and "none for GRU" in out.stderr, out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(cuda_works(), reason="this machine has CUDA: fp16 is offered here")
+def test_fp16_without_cuda_is_refused_and_an_fp16_bundle_never_loads_on_cpu(tmp_path):
+    run = trained_run(tmp_path, "tag", "lstm")
+    out = rnnkit("export", run, "--out", tmp_path / "b", "--precision", "fp16")
+    assert out.returncode == 2 and "fp16 bundles run and are certified on CUDA only" in out.stderr
+    # A bundle made elsewhere: its manifest says fp16, which CPU sessions must never be built for
+    # (onnxruntime 1.31's CPU provider crashes loading a float16 LSTM).
+    export(run, tmp_path / "b32")
+    manifest_path = tmp_path / "b32" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["precision"] = "fp16"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="an fp16 bundle runs on CUDA only"):
+        Engine(tmp_path / "b32", device="auto")
+
+
+def test_verify_of_an_int8_bundle_needs_its_checkpoint(tmp_path):
+    run = trained_run(tmp_path, "lm", "lstm")
+    export(run, tmp_path / "b", precision="int8")
+    alone = rnnkit("verify", tmp_path / "b")
+    assert alone.returncode == 2 and "pass --checkpoint RUN_DIR" in alone.stderr, alone.stderr
+    checked = rnnkit("verify", tmp_path / "b", "--checkpoint", run)
+    assert checked.returncode == 0, checked.stderr
+    assert "int8 err" in checked.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_works(), reason=NO_CUDA)
+@pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("gru", True)])
+def test_fp16_on_cuda_exports_with_certificate_and_runs(tmp_path, cell, bidirectional):
+    run = trained_run(tmp_path, "tag", cell, bidirectional=bidirectional)
+    result = export(run, tmp_path / "bundle", precision="fp16")
+    worst = max(result.report.cases, key=lambda c: c.margin)
+    print(f"{cell}: worst {worst.name} margin {worst.margin:.3f}; metric {result.report.summary()['metric']}")
+    assert result.report.passed, result.report.reasons
+    assert {c.provider for c in result.report.cases} == {"CUDAExecutionProvider"}
+    engine = Engine(tmp_path / "bundle", device="auto")
+    assert engine.provider == "CUDAExecutionProvider"
+    y = engine.infer([np.array([4, 5, 6], dtype=np.int64)])[0]
+    assert y.dtype == np.float32 and np.isfinite(y).all()
