@@ -32,9 +32,9 @@ def print_report(report, as_json: bool, extra: dict | None = None) -> None:
         f"{summary['cases'] - summary['failed']}/{summary['cases']} cases within budget (seed {report.seed}); "
         f"worst {summary['worst_case']}: margin {summary['worst_margin']:.3f}"
     )
-    unit = "ulp" if rule.precision != "int8" else "int8 step"
+    ulp = "float16 ulp" if rule.precision == "fp16" else "float32 ulp"
     click.echo(
-        f"budget = {rule.factor:g} x {rule.precision} err ({rule.noise}) + {rule.floor_ulps:g} {unit} of "
+        f"budget = {rule.factor:g} x {rule.precision} err ({rule.noise}) + {rule.floor_ulps:g} {ulp} of "
         "max|reference|; margin = max abs / budget, pass <= 1"
     )
     metric = report.metric

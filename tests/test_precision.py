@@ -167,3 +167,40 @@ def test_fp16_on_cuda_exports_with_certificate_and_runs(tmp_path, cell, bidirect
     assert engine.provider == "CUDAExecutionProvider"
     y = engine.infer([np.array([4, 5, 6], dtype=np.int64)])[0]
     assert y.dtype == np.float32 and np.isfinite(y).all()
+
+
+def test_unfolded_graphs_int8_starts_from_are_exact_in_fp32(tmp_path):
+    """The graphs int8 quantizes keep the feature normalisation as nodes and zero the padding
+    (fold=False): in fp32 they pass the fp32 certificate, padding included."""
+    from toolkit.export.graph import build_full_graph, build_step_graph
+    from toolkit.train.checkpoint import load_model
+
+    run = trained_run(tmp_path, "regress", "lstm")
+    model, config, input_spec, output_spec = load_model(run)
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    args = weights, config.model, input_spec, output_spec
+    blobs = {"model.onnx": build_full_graph(*args, fold=False), "step.onnx": build_step_graph(*args, fold=False)}
+    ops = {n.op_type for n in blobs["model.onnx"].graph.node}
+    assert {"Sub", "Mul", "Less", "Range"} <= ops, ops
+    report = certify(model, {k: g.SerializeToString() for k, g in blobs.items()}, input_spec.to_dict(), False, 0)
+    print(f"worst margin {report.summary()['worst_margin']:.3f}")
+    assert report.passed, report.reasons
+
+
+def test_int8_padding_does_not_stretch_the_quantization_range(tmp_path):
+    """Features far from zero (mean 500, std 0.5): unmasked, the normalised padding (-1000) would
+    set the int8 range of the layer input; a padded batch must match each sequence alone closely."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for _ in range(96):
+        x = 500 + 0.5 * rng.normal(size=(int(rng.integers(3, 30)), 2))
+        rows.append({"features": x.round(4).tolist(), "target": float(x[:, 0].mean() - 500)})
+    data = write_jsonl(tmp_path / "far.jsonl", rows)
+    out = rnnkit("train", "--task", "regress", "--data", data, "--hidden-size", "32", "--epochs", "3",
+                 "--out", tmp_path / "run", "--no-mlflow", "--device", "cpu", "--precision", "int8",
+                 "--no-progress", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    certificate = json.loads((tmp_path / "run" / "bundle" / "parity.json").read_text())
+    padded = next(c for c in certificate["cases"] if c["name"] == "padded batch vs one at a time")
+    print(f"padded vs alone: error {padded['max_abs']:.2e}, budget {padded['budget']:.2e}, scale {padded['scale']:.2e}")
+    assert padded["passed"] and padded["max_abs"] < 0.05 * padded["scale"]

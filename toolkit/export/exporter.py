@@ -65,11 +65,15 @@ def export(
         sizes = len(input_spec.vocab), len(output_spec.target_vocab)
         report = certify_seq2seq(model, blobs, *sizes, seed, sources)
     else:
-        graphs = {"model.onnx": build_full_graph(weights, config.model, input_spec, output_spec, opset=opset)}
+        builders = {"model.onnx": build_full_graph}
         if not config.model.bidirectional:
-            graphs["step.onnx"] = build_step_graph(weights, config.model, input_spec, output_spec, opset=opset)
-        fp32 = {name: g.SerializeToString() for name, g in graphs.items()}
-        blobs = {name: precisions.convert(b, precision) for name, b in fp32.items()}
+            builders["step.onnx"] = build_step_graph
+        args = weights, config.model, input_spec, output_spec
+        fp32 = {name: build(*args, opset=opset).SerializeToString() for name, build in builders.items()}
+        # int8 quantizes layer 0 with its trained scale: the normalisation stays nodes (a 1/std
+        # folded into some columns would coarsen the others' int8 steps).
+        source = fp32 if precision != "int8" else {n: b(*args, opset=opset, fold=False) for n, b in builders.items()}
+        blobs = {name: precisions.convert(_bytes(g), precision) for name, g in source.items()}
         graphs = {name: onnx.load_model_from_string(b) for name, b in blobs.items()}
         batch = pad_batch(examples, np.arange(len(examples))) if examples else None
         sample_data = (batch.inputs, batch.lengths) if batch is not None else None
@@ -90,6 +94,10 @@ def export(
     kept = out.with_name(f"{out.name}.parity-failed.json")
     atomic_write_bytes(kept, report_json)
     return ExportResult(out, report, manifest, False, kept)
+
+
+def _bytes(graph) -> bytes:
+    return graph if isinstance(graph, bytes) else graph.SerializeToString()
 
 
 def _labelled(eval_data, config, input_spec, output_spec, precision: str):
@@ -144,14 +152,29 @@ def noise_copies(model, rng: np.random.Generator, rule=parity.FP32):
     fp64 = copy.deepcopy(model).cpu().double().eval()
     state = model.state_dict()
     weights = {k: (v.float() if v.is_floating_point() else v).detach().cpu().numpy() for k, v in state.items()}
-    dtype = getattr(torch, rule.noise_dtype)
+    dtype = torch.float32 if rule.noise_dtype == "qint8" else getattr(torch, rule.noise_dtype)
     device = "cuda" if dtype == torch.float16 else "cpu"
     runs = []
     for moved in parity.noise_weights(weights, rng, rule):
         m = copy.deepcopy(model).cpu().float()
         m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in moved.items()})
-        runs.append(m.to(device=device, dtype=dtype).eval())
+        m = m.to(device=device, dtype=dtype).eval()
+        runs.append(_dynamic_int8(m) if rule.noise_dtype == "qint8" else m)
     return fp64, runs
+
+
+def _dynamic_int8(model):
+    """The model under torch's own dynamic int8 quantization (int8 weights, activations quantized
+    per call, as ONNX Runtime's int8 graphs do): an independent int8 implementation of the same
+    scheme. torch.ao's eager quantization is deprecated for torchao (torch 2.13 warns); it is
+    what runs int8 LSTMs in torch today."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
 
 
 class Seq2SeqTorchReference(seq2seq_parity.Reference):
@@ -214,10 +237,11 @@ class TorchReference(parity.Reference):
 
 def _as_torch(x: np.ndarray, model) -> torch.Tensor:
     """Token ids stay int64; features take the model's float type; both go to its device."""
-    weight = next(model.parameters())
+    weight = next(model.parameters(), None)  # None: every weight quantized (int8 noise runs, CPU float32)
+    device, dtype = (weight.device, weight.dtype) if weight is not None else ("cpu", torch.float32)
     if x.dtype == np.int64:
-        return torch.from_numpy(x).to(weight.device)
-    return torch.from_numpy(x).to(weight.device, weight.dtype)
+        return torch.from_numpy(x).to(device)
+    return torch.from_numpy(x).to(device, dtype)
 
 
 @torch.no_grad()

@@ -96,11 +96,15 @@ def build_full_graph(
     input_spec: InputSpec,
     output_spec: OutputSpec,
     opset: int = DEFAULT_OPSET,
+    fold: bool = True,
 ) -> onnx.ModelProto:
-    """`model.onnx`: whole padded sequences with per-sequence `lengths`, dynamic batch and time."""
-    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset)
+    """`model.onnx`: whole padded sequences with per-sequence `lengths`, dynamic batch and time.
+    `fold=False`: feature normalisation as nodes, not folded into layer 0 (`_Plan.fold`)."""
+    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold)
     g = _GraphBuilder()
     x = _input_layer(g, plan, weights)
+    if not plan.fold and not plan.tokens:
+        x = _zero_padding(g, x)
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
     seq = g.one("Cast", ["lengths"], "sequence_lens", to=TensorProto.INT32)
     top, finals = _encoder(g, plan, weights, x, seq, state=None)
@@ -132,6 +136,7 @@ def build_step_graph(
     input_spec: InputSpec,
     output_spec: OutputSpec,
     opset: int = DEFAULT_OPSET,
+    fold: bool = True,
 ) -> onnx.ModelProto:
     """`step.onnx`: one chunk of a stream (any length >= 1) with the recurrent state carried."""
     if cfg.bidirectional:
@@ -141,7 +146,7 @@ def build_step_graph(
             "and it cannot be streamed. Stream a unidirectional model (bidirectional: false), or run this "
             "one on whole sequences with model.onnx."
         )
-    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset)
+    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold)
     g = _GraphBuilder()
     x = _input_layer(g, plan, weights)
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
@@ -200,6 +205,9 @@ class _Plan:
     num_features: int | None
     head_size: int
     opset: int
+    #: Fold 1/std (and a small mean) into layer 0's weights (fast); False: Sub and Mul nodes
+    #: before layer 0, so that its weights keep the trained scale (what int8 quantizes best).
+    fold: bool = True
 
     @property
     def directions(self) -> int:
@@ -239,7 +247,9 @@ class _Plan:
         return f"{what} for the sequence ending at each step of the chunk"
 
     @classmethod
-    def make(cls, weights, cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec, opset: int) -> _Plan:
+    def make(
+        cls, weights, cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec, opset: int, fold: bool = True
+    ) -> _Plan:
         max_opset = onnx.defs.onnx_opset_version()
         if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
             raise ExportGraphError(f"opset must be an integer in {MIN_OPSET}..{max_opset}, got {opset!r}")
@@ -318,7 +328,7 @@ class _Plan:
             expect("target_mean", (head_size,))
             expect("target_std", (head_size,))
         per_step = tasks.of(task).outputs_per_step(bool(output_spec.per_step))
-        return cls(cfg, task, tokens, per_step, num_features, head_size, opset)
+        return cls(cfg, task, tokens, per_step, num_features, head_size, opset, fold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,9 +389,31 @@ def _input_layer(g: _GraphBuilder, plan: _Plan, weights) -> str:
     layer 0's weights (`_fold_normalisation`)."""
     if plan.tokens:
         return g.one("Gather", [g.const("embedding.weight", weights["embedding.weight"]), "tokens"], "embedded")
+    if not plan.fold:
+        centred = g.one("Sub", ["features", g.const("feature_mean", weights["feature_mean"])], "centred")
+        inverse = 1.0 / np.asarray(weights["feature_std"], dtype=np.float64)
+        return g.one("Mul", [centred, g.const("feature_inverse_std", inverse)], "normalised")
     if _centred_in_graph(weights):
         return g.one("Sub", ["features", g.const("feature_mean", weights["feature_mean"])], "centred")
     return "features"
+
+
+def _zero_padding(g: _GraphBuilder, x: str) -> str:
+    """x [B, T, F] with the steps past each sequence's length set to 0. The recurrent operators
+    ignore them anyway, but int8 graphs quantize x with one range per call, and normalised
+    padding (0 - mean) / std (-129 for a feature at -37 +- 0.28) would stretch that range and
+    coarsen every real step."""
+    time = g.one("Gather", [g.one("Shape", [x], "x_shape"), g.const("mask.time_axis", 1, np.int64)], "x_time")
+    steps = g.one("Range", [g.const("mask.first", 0, np.int64), time, g.const("mask.stride", 1, np.int64)], "steps")
+    real = g.one(
+        "Less",
+        [g.one("Unsqueeze", [steps, g.const("mask.axis0", [0], np.int64)], "steps_row"),
+         g.one("Unsqueeze", ["lengths", g.const("mask.axis1", [1], np.int64)], "lengths_column")],
+        "real_steps",
+    )  # fmt: skip
+    mask = g.one("Cast", [real], "real_steps_float", to=TensorProto.FLOAT)
+    mask = g.one("Unsqueeze", [mask, g.const("mask.axis2", [2], np.int64)], "real_steps_mask")
+    return g.one("Mul", [x, mask], "unpadded")
 
 
 # Folding the mean makes layer 0 compute (W / std) x - W (mean / std): when a feature's |mean|
@@ -405,7 +437,7 @@ def _layer_weights(g: _GraphBuilder, plan: _Plan, weights, i: int, module: str =
     for s in ["", "_reverse"][: plan.directions]:
         names = (f"{p}weight_ih_l0{s}", f"{p}weight_hh_l0{s}", f"{p}bias_ih_l0{s}", f"{p}bias_hh_l0{s}")
         arrays = [np.asarray(weights[n], dtype=np.float64) if n in weights else None for n in names]
-        if i == 0 and not plan.tokens:
+        if i == 0 and not plan.tokens and plan.fold:
             arrays[0], arrays[2] = _fold_normalisation(weights, arrays[0], arrays[2])
         per_direction.append(_TO_ONNX[plan.cfg.cell](*arrays))
     return [g.const(f"layer{i}.{n}", np.stack([d[k] for d in per_direction])) for k, n in enumerate("WRB")]

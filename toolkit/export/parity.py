@@ -231,12 +231,13 @@ def perturbed_weights(weights: dict[str, np.ndarray], rng: np.random.Generator, 
 
 
 def int8_grid_weights(weights: dict[str, np.ndarray], rng: np.random.Generator | None) -> dict:
-    """Every float weight tensor (but the data `STATISTICS`) on a symmetric int8 grid of its own
-    (step = max|w| / 127, as int8 weight quantization stores it): rounded to the grid when `rng`
-    is None, else moved by a uniform fraction of up to half a step (a rounding of unknown sign)."""
+    """Every float weight matrix (embeddings included; biases, which int8 graphs keep in float32,
+    and the data `STATISTICS` excluded) moved by a uniform fraction of up to half a step of its
+    own symmetric int8 grid (step = max|w| / 127, as int8 weight quantization stores it): a
+    rounding of unknown sign. `rng` None: rounded to the grid."""
     out = {}
     for k, v in weights.items():
-        if np.issubdtype(v.dtype, np.floating) and k not in STATISTICS and v.size:
+        if np.issubdtype(v.dtype, np.floating) and k not in STATISTICS and v.ndim >= 2 and v.size:
             step = float(np.abs(v).max()) / 127.0 or 1.0
             w = v.astype(np.float64)
             w = np.round(w / step) * step if rng is None else w + rng.uniform(-0.5, 0.5, size=v.shape) * step
@@ -246,12 +247,10 @@ def int8_grid_weights(weights: dict[str, np.ndarray], rng: np.random.Generator |
 
 
 def noise_weights(weights: dict[str, np.ndarray], rng: np.random.Generator, rule: Rule) -> list[dict]:
-    """The weights of the `rule.noise_runs` noise runs: as stored (fp32, fp16: the run's own
-    dtype rounds them) or rounded to the int8 grid, then moved by about one unit of the precision."""
+    """The weights of the `rule.noise_runs` noise runs: as stored (the run's own arithmetic
+    rounds them), then moved by about one unit of the precision (an ulp, or half an int8 step)."""
     if rule.weights == "int8 grid":
-        return [int8_grid_weights(weights, None)] + [
-            int8_grid_weights(weights, rng) for _ in range(rule.noise_runs - 1)
-        ]
+        return [weights] + [int8_grid_weights(weights, rng) for _ in range(rule.noise_runs - 1)]
     return [weights] + [perturbed_weights(weights, rng, rule.eps) for _ in range(rule.noise_runs - 1)]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
+import os
 
 import onnxruntime as ort
 
@@ -95,5 +97,7 @@ def cuda_works() -> bool:
 def preload_cuda() -> None:
     """Load CUDA and cuDNN from their pip packages (nvidia-*), as a pip-installed torch has them,
     before the first CUDA session: onnxruntime-gpu finds them only so (`preload_dlls`)."""
-    with contextlib.suppress(Exception):  # absent packages: the system's libraries are used
-        ort.preload_dlls()
+    if importlib.util.find_spec("nvidia") is None:  # no such packages: the system's libraries are used
+        return
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.suppress(Exception):
+        ort.preload_dlls()  # it prints each library it cannot find; the session's provider tells
