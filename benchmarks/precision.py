@@ -5,9 +5,11 @@ model.onnx as a peer CPU backend.
 
     .venv/bin/python -m benchmarks.precision [--rounds 5] [--threads N] [--demo runs/demo] [--json out.json]
 
-- full sequence: biLSTM 2x256 on 64 features, batch 32 x length 256 (model.onnx), and the same
-  with GRU, whose int8 graph keeps its recurrence in float32 (ONNX Runtime has no integer GRU);
-- one step: LSTM 2x256, one stream, one step per call (step.onnx);
+- full sequence: biLSTM 2x256 on 64 features, batch 32 x length 256 (model.onnx), and a
+  (unidirectional) GRU 2x256, whose int8 graph keeps its recurrence in float32 (ONNX Runtime
+  has no integer GRU) and whose reduced precision is bf16 on OpenVINO (equal lengths: OpenVINO
+  mishandles the backward direction of padded sequences, so bf16 bundles are unidirectional);
+- one step, one stream, one step per call (step.onnx): LSTM 2x256 at int8, GRU 2x256 at bf16;
 - graph sizes, and the largest output change against fp32 on those inputs;
 - with --demo (the directory `make demo` leaves): the demo's JapaneseVowels (biLSTM) classifier
   exported at int8 through the product path, its certificate, and the accuracy on the official
@@ -88,18 +90,22 @@ def full_sequence(bundle: Path, rounds: int, threads: int | None) -> dict:
     return {"ms": ms, "max_output_change": change, "bytes": {"fp32": len(blob), "int8": len(int8)}}
 
 
-def one_step(bundle: Path, rounds: int, threads: int | None) -> dict:
+def one_step(bundle: Path, rounds: int, threads: int | None, reduced: str) -> dict:
+    """One stream, one step per call, through step.onnx at fp32 and at `reduced` (int8: ONNX
+    Runtime; bf16: OpenVINO, the engine's own session for bf16 bundles), state carried."""
     import torch
 
     from toolkit.export.precision import convert
+    from toolkit.runtime.openvino import OpenVINOSession
     from toolkit.train.checkpoint import load_model
 
     model = load_model(bundle.parent / "run")[0]
     x = np.random.default_rng(1).normal(size=(1, 1, FEATURES)).astype(np.float32)
     blob = (bundle / "step.onnx").read_bytes()
-    fp32, quantized = session(blob, threads), session(convert(blob, "int8"), threads)
+    fp32 = session(blob, threads)
+    other = session(convert(blob, "int8"), threads) if reduced == "int8" else OpenVINOSession(blob, threads)
     zeros = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in fp32.get_inputs()[1:]}
-    states = {"fp32": dict(zeros), "int8": dict(zeros)}
+    states = {"fp32": dict(zeros), reduced: dict(zeros)}
     names = [o.name.removesuffix("_next") for o in fp32.get_outputs()[1:]]
     xt, carried = torch.from_numpy(x), {"state": None}
 
@@ -111,11 +117,12 @@ def one_step(bundle: Path, rounds: int, threads: int | None) -> dict:
         out = s.run(None, {"features": x, **states[key]})
         states[key] = dict(zip(names, out[1:], strict=True))
 
+    label = "rnnkit int8" if reduced == "int8" else "rnnkit bf16 (OpenVINO)"
     ms = interleaved(
         {
             "PyTorch eager": eager,
             "rnnkit fp32": lambda: step(fp32, "fp32"),
-            "rnnkit int8": lambda: step(quantized, "int8"),
+            label: lambda: step(other, reduced),
         },
         calls=500,
         rounds=rounds,
@@ -163,11 +170,14 @@ def main() -> None:
             "full sequence, biLSTM 2x256, B=32, T=256 (ms per call)": full_sequence(
                 feature_bundle(tmp / "bi", bidirectional=True), args.rounds, args.threads
             ),
-            "full sequence, biGRU 2x256, B=32, T=256 (ms per call)": full_sequence(
-                feature_bundle(tmp / "gru", bidirectional=True, cell="gru"), args.rounds, args.threads
+            "full sequence, GRU 2x256, B=32, T=256 (ms per call)": full_sequence(
+                feature_bundle(tmp / "gru", bidirectional=False, cell="gru"), args.rounds, args.threads
             ),
             "one step, LSTM 2x256, one stream (us per call)": one_step(
-                feature_bundle(tmp / "uni", bidirectional=False), args.rounds, args.threads
+                feature_bundle(tmp / "uni", bidirectional=False), args.rounds, args.threads, "int8"
+            ),
+            "one step, GRU 2x256, one stream (us per call)": one_step(
+                tmp / "gru" / "bundle", args.rounds, args.threads, "bf16"
             ),
         }
         if args.demo:

@@ -60,7 +60,8 @@ def print_report(report, as_json: bool, extra: dict | None = None) -> None:
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
-    help="Arithmetic of the graphs: int8 (CPU, LSTM), fp16 (CUDA); certified against the fp32 model.",
+    help="Arithmetic of the bundle: int8 (CPU, LSTM), bf16 (CPU via OpenVINO, GRU/RNN), fp16 (CUDA); "
+    "certified against the fp32 model.",
 )
 @click.option(
     "--eval-data",

@@ -89,7 +89,7 @@ def config_options(fn):
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
-    help="Export the bundle at this precision (int8: CPU, LSTM; fp16: CUDA), certified against the fp32 model.",
+    help="Export the bundle at this precision (int8: CPU, LSTM; bf16: CPU via OpenVINO, GRU/RNN; fp16: CUDA).",
 )
 @click.option("--mlflow/--no-mlflow", "use_mlflow", default=True, help="Record the run and its model in MLflow (on).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")

@@ -1,6 +1,7 @@
-"""Reduced-precision bundles (`--precision`): int8 on CPU for every LSTM task and direction, with its
-certificate and task-metric check; the refusals that say why (GRU/RNN int8, bf16, fp16 without
-CUDA, seq2seq); a wrong int8 graph refused; fp16 on CUDA where a GPU is."""
+"""Reduced-precision bundles (`--precision`): int8 on CPU for every LSTM task and direction, bf16 on
+OpenVINO for unidirectional GRU and RNN, each with its certificate and task-metric check; the
+refusals that say why (GRU/RNN int8, LSTM or bidirectional bf16, fp16 without CUDA); a wrong int8
+graph refused, OpenVINO's padded backward direction refused; fp16 on CUDA where a GPU is."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from toolkit.core.bundle import read_manifest
 from toolkit.export import parity, precision
 from toolkit.export.exporter import certify, export
 from toolkit.runtime.engine import Engine
+from toolkit.runtime.openvino import PROVIDER as OPENVINO
+from toolkit.runtime.openvino import bf16_works
 
 NO_CUDA = "no working CUDA execution provider on this machine"
+NO_BF16 = "OpenVINO is not installed or this CPU has no bfloat16 arithmetic"
 
 
 @pytest.mark.parametrize(
@@ -106,9 +110,9 @@ def test_wrong_int8_graph_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "cell, flag, words",
     [
-        ("gru", "int8", ["int8 needs ONNX Runtime's integer LSTM kernel", "none for GRU", "fp32"]),
+        ("gru", "int8", ["int8 needs ONNX Runtime's integer LSTM kernel", "none for GRU", "bf16"]),
         ("rnn", "int8", ["none for RNN"]),
-        ("lstm", "bf16", ["bf16 is not offered", "OpenVINO", "int8 on CPU or fp16 on CUDA"]),
+        ("lstm", "bf16", ["bf16 is offered for GRU and RNN", "--precision int8"]),
     ],
 )
 def test_refusals_say_why(tmp_path, cell, flag, words):
@@ -204,3 +208,53 @@ def test_int8_padding_does_not_stretch_the_quantization_range(tmp_path):
     padded = next(c for c in certificate["cases"] if c["name"] == "padded batch vs one at a time")
     print(f"padded vs alone: error {padded['max_abs']:.2e}, budget {padded['budget']:.2e}, scale {padded['scale']:.2e}")
     assert padded["passed"] and padded["max_abs"] < 0.05 * padded["scale"]
+
+
+@pytest.mark.skipif(not bf16_works(), reason=NO_BF16)
+@pytest.mark.parametrize("task, cell", [("classify", "gru"), ("lm", "rnn"), ("regress-step", "gru")])
+def test_bf16_gru_and_rnn_run_on_openvino_with_certificate(tmp_path, task, cell):
+    run = trained_run(tmp_path, task, cell)
+    result = export(run, tmp_path / "bundle", precision="bf16")
+    worst, m = max(result.report.cases, key=lambda c: c.margin), result.report.metric
+    print(f"{task} {cell}: worst {worst.name} margin {worst.margin:.3f}; {m.metric} {m.fp32:.4f} -> {m.reduced:.4f}")
+    assert result.report.passed, result.report.reasons
+    assert {c.provider for c in result.report.cases} == {OPENVINO}
+    assert read_manifest(tmp_path / "bundle")["precision"] == "bf16"
+    engine = Engine(tmp_path / "bundle", device="cpu")
+    assert engine.provider == OPENVINO
+    export(run, tmp_path / "b32", seed=0)
+    fp32 = Engine(tmp_path / "b32", device="cpu")
+    seq = np.random.default_rng(0).integers(4, 9, size=40) if task != "regress-step" else None
+    seq = seq if seq is not None else np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    stream = engine.stream()
+    streamed = np.concatenate([stream.push(seq[i : i + 7]) for i in range(0, 40, 7)])
+    whole = fp32.infer([seq])[0]
+    want = whole if whole.ndim == 2 else np.stack([fp32.infer([seq[: t + 1]])[0] for t in range(40)])
+    print(f"bf16 stream vs fp32: max {np.abs(streamed - want).max():.2e} (scale {np.abs(want).max():.2f})")
+    assert np.abs(streamed - want).max() <= 0.05 * max(1.0, float(np.abs(want).max()))
+
+
+@pytest.mark.skipif(not bf16_works(), reason=NO_BF16)
+def test_bf16_bundle_runs_fp32_on_onnxruntime_where_openvino_cannot(tmp_path, monkeypatch):
+    run = trained_run(tmp_path, "tag", "gru")
+    export(run, tmp_path / "bundle", precision="bf16")
+    monkeypatch.setattr("toolkit.runtime.engine.bf16_works", lambda: False)
+    engine = Engine(tmp_path / "bundle", device="cpu")
+    assert engine.provider == "CPUExecutionProvider" and engine.precision == "bf16"
+
+
+def test_bf16_refuses_bidirectional_models(tmp_path):
+    run = trained_run(tmp_path, "classify", "gru", bidirectional=True)
+    out = rnnkit("export", run, "--out", tmp_path / "b", "--precision", "bf16")
+    assert out.returncode == 2 and "start the backward direction of a padded" in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not bf16_works(), reason=NO_BF16)
+def test_the_certificate_catches_openvinos_padded_backward_direction(tmp_path):
+    """Why bidirectional bf16 is refused: OpenVINO (in fp32 too) runs the backward direction of
+    padded sequences from the padded end; the fp32 certificate on OpenVINO fails the padded cases."""
+    model, blobs, input_dict, per_step = graphs(trained_run(tmp_path, "tag", "gru", bidirectional=True))
+    report = certify(model, blobs, input_dict, per_step, 0, providers=[OPENVINO], rule=precision.BF16)
+    failed = {c.name for c in report.failures}
+    print(sorted(failed))
+    assert "padded batch vs one at a time" in failed and "batch 2 length 2" not in failed

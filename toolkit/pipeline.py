@@ -100,7 +100,13 @@ def run(
 
         if not export:
             raise ConfigError(f"--precision {precision} is the bundle's: drop --no-export")
-        check(precision, config.model.cell, config.task, cuda="CUDAExecutionProvider" in providers_for())
+        check(
+            precision,
+            config.model.cell,
+            config.task,
+            "CUDAExecutionProvider" in providers_for(),
+            config.model.bidirectional,
+        )
     tracker = None
     if mlflow:
         from toolkit.tracking.training import Tracker

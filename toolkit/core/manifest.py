@@ -139,7 +139,7 @@ class Manifest(Strict):
     output: Output
     reader: Reader | None = None  # since 0.2: how the training data was read
     state: list[State] | None = Field(min_length=1, max_length=2)
-    precision: Literal["fp32", "int8", "fp16"]
+    precision: Literal["fp32", "int8", "fp16", "bf16"]
     opset: Annotated[StrictInt, Field(ge=7, le=100)]
     graphs: dict[Literal["model.onnx", "step.onnx", "encoder.onnx", "decoder_step.onnx"], Graph]
     producer: dict = Field(default_factory=dict)

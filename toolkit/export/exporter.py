@@ -20,6 +20,7 @@ from toolkit.export import parity, seq2seq_parity
 from toolkit.export import precision as precisions
 from toolkit.export.graph import build_full_graph, build_step_graph, state_spec
 from toolkit.export.seq2seq_graph import build_decoder_step_graph, build_encoder_graph
+from toolkit.runtime.openvino import PROVIDER as OPENVINO
 from toolkit.train.checkpoint import load_model
 
 
@@ -51,7 +52,13 @@ def export(
     `eval_data` (default: the run's validation data), refused past `max_metric_drop`."""
     out = Path(out)
     model, config, input_spec, output_spec = load_model(run_dir)
-    rule = precisions.check(precision, config.model.cell, config.task, cuda="CUDAExecutionProvider" in providers_for())
+    rule = precisions.check(
+        precision,
+        config.model.cell,
+        config.task,
+        "CUDAExecutionProvider" in providers_for(),
+        config.model.bidirectional,
+    )
     weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     seed = parity.fresh_seed(seed)
     examples = _read_sample(sample, config, input_spec, output_spec) if sample else None
@@ -262,11 +269,12 @@ def _torch_state(model, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def providers_for(precision: str = "fp32") -> list[str]:
     """Where the certificate runs: the CPU, and CUDA where it works; int8 on the CPU only (its
-    integer kernels are CPU kernels), fp16 on CUDA only (the CPU provider has no float16 LSTM)."""
+    integer kernels are CPU kernels), fp16 on CUDA only (the CPU provider has no float16 LSTM),
+    bf16 on OpenVINO's CPU plugin (toolkit.runtime.openvino)."""
     providers = ["CPUExecutionProvider"]
     if torch.cuda.is_available() and "CUDAExecutionProvider" in parity.ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
-    return {"int8": providers[:1], "fp16": providers[1:]}.get(precision, providers)
+    return {"int8": providers[:1], "fp16": providers[1:], "bf16": [OPENVINO]}.get(precision, providers)
 
 
 def _read_sample(path, config, input_spec, output_spec) -> list:

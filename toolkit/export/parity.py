@@ -40,6 +40,8 @@ from onnx import numpy_helper
 
 from toolkit.core.data.batching import pad
 from toolkit.export import oracle
+from toolkit.runtime.openvino import PROVIDER as OPENVINO
+from toolkit.runtime.openvino import OpenVINOSession
 from toolkit.runtime.providers import make_session
 
 LONG = 512
@@ -52,7 +54,7 @@ FP32_MAX = float(np.finfo(np.float32).max)
 class Rule:
     """How large an error a case may have (see the module docstring). `noise` says what the noise
     runs are: the reference computed in the bundle's precision (`noise_dtype`), its weights
-    moved the way that precision stores them (`weights`: "ulp", each weight times 1 + u*eps;
+    moved the way that precision stores them (`weights`: "ulp", each weight times 1 + u*move;
     "int8 grid", each tensor rounded to 255 levels and moved by up to half a level)."""
 
     precision: str = "fp32"
@@ -62,6 +64,7 @@ class Rule:
     noise_runs: int = 3  # the reference as is, and with its weights moved (twice)
     noise_dtype: str = "float32"
     weights: str = "ulp"
+    move: float = FP32_EPS  # "ulp": each weight times 1 + u * move (one ulp of the noise runs' dtype)
     noise: str = (
         "largest error against the reference of the float32 runs of the same case "
         "(as is, and with every weight moved by about one ulp)"
@@ -251,7 +254,7 @@ def noise_weights(weights: dict[str, np.ndarray], rng: np.random.Generator, rule
     rounds them), then moved by about one unit of the precision (an ulp, or half an int8 step)."""
     if rule.weights == "int8 grid":
         return [weights] + [int8_grid_weights(weights, rng) for _ in range(rule.noise_runs - 1)]
-    return [weights] + [perturbed_weights(weights, rng, rule.eps) for _ in range(rule.noise_runs - 1)]
+    return [weights] + [perturbed_weights(weights, rng, rule.move) for _ in range(rule.noise_runs - 1)]
 
 
 class OracleReference(Reference):
@@ -320,6 +323,8 @@ def session(path_or_bytes, provider: str, threads: int | None = None) -> ort.Inf
     """A session on exactly `provider` (CPUExecutionProvider or CUDAExecutionProvider), TF32 off:
     with it an fp32 LSTM drifts 3e-5 from float64 (measured on an H100), which is TF32's precision, not
     float32's, and the noise runs (float32 on the CPU) do not have it."""
+    if provider == OPENVINO:  # bf16 bundles: OpenVINO's CPU plugin at bf16 (toolkit.runtime.openvino)
+        return OpenVINOSession(path_or_bytes, threads)
     device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
     return make_session(path_or_bytes, device, threads, tf32=False)
 

@@ -91,7 +91,7 @@ class OracleReference(Reference):
         try:
             self.model = Seq2SeqGraphModel(encoder, decoder, model)
             moved = [(encoder, decoder)] + [
-                (parity.perturbed_weights(encoder, rng, rule.eps), parity.perturbed_weights(decoder, rng, rule.eps))
+                (parity.perturbed_weights(encoder, rng, rule.move), parity.perturbed_weights(decoder, rng, rule.move))
                 for _ in range(rule.noise_runs - 1)
             ]
             self.fp32 = [Seq2SeqGraphModel(e, d, model, np.float32) for e, d in moved]

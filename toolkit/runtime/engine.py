@@ -30,6 +30,7 @@ from toolkit.core.bundle import BundleError, read_graph, read_manifest
 from toolkit.core.data.batching import pad
 from toolkit.core.errors import RnnkitError, first_line
 from toolkit.core.search import Search
+from toolkit.runtime.openvino import OpenVINOSession, bf16_works
 from toolkit.runtime.providers import DeviceError, cuda_works, make_session
 from toolkit.runtime.seq2seq import PER_SOURCE, Translator
 
@@ -62,6 +63,8 @@ class Engine:
         self.precision = self.manifest["precision"]
         if self.precision == "fp16":
             device = self._fp16_device(device)
+        # bf16: OpenVINO where it computes in bf16 here; elsewhere the same fp32 graphs on ONNX Runtime
+        self.openvino = self.precision == "bf16" and device in ("auto", "cpu") and bf16_works()
         graphs = {name: read_graph(self.path, name, info) for name, info in self.manifest["graphs"].items()}
         inp = self.manifest["input"]
         self.input_name = inp["name"]
@@ -124,6 +127,8 @@ class Engine:
     def _session(self, graphs: dict, name: str, device, threads, spin):
         """An ONNX Runtime session on a graph, or a BundleError if it is not one ONNX Runtime can load."""
         try:
+            if self.openvino:
+                return OpenVINOSession(graphs[name], threads)
             return make_session(graphs[name], device, threads, spin)
         except DeviceError:
             raise
