@@ -58,6 +58,25 @@ def test_train_records_run_model_and_registered_version(tmp_path):
     assert version.tags["parity_passed"] == "true"
 
 
+def test_train_at_int8_records_the_metric_drop(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = train(tmp_path, uri, "--precision", "int8")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    client = MlflowClient(uri)
+    run = client.get_run(summary["mlflow"]["run_id"])
+    metrics = run.data.metrics
+    print({k: v for k, v in metrics.items() if "int8" in k or "fp32" in k or "drop" in k})
+    assert run.data.params["precision"] == "int8"
+    assert {"fp32_accuracy", "int8_accuracy", "precision_metric_drop"} <= set(metrics)
+    assert metrics["precision_metric_drop"] == pytest.approx(metrics["fp32_accuracy"] - metrics["int8_accuracy"])
+    model = client.get_logged_model(summary["mlflow"]["model_uri"].split("/")[-1])
+    assert model.tags["rnnkit.precision"] == "int8" and "rnnkit.metric_drop" in model.tags
+    assert "int8 err" not in proc.stdout and "fp32 " in proc.stdout  # the summary line names both metrics
+
+
 def test_tracking_server_down_training_goes_on_and_keeps_everything(tmp_path):
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     started = time.perf_counter()
