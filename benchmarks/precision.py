@@ -11,6 +11,7 @@ model.onnx as a peer CPU backend.
   mishandles the backward direction of padded sequences, so bf16 bundles are unidirectional);
 - one step, one stream, one step per call (step.onnx): LSTM 2x256 at int8, GRU 2x256 at bf16;
 - graph sizes, and the largest output change against fp32 on those inputs;
+- drift: a 10,000-step stream, one step per call, at fp32 and reduced (int8 LSTM, bf16 GRU);
 - with --demo (the directory `make demo` leaves): the demo's JapaneseVowels (biLSTM) classifier
   exported at int8 through the product path, its certificate, and the accuracy on the official
   TEST split at fp32 and int8 (the export's task-metric check, on that file).
@@ -130,6 +131,33 @@ def one_step(bundle: Path, rounds: int, threads: int | None, reduced: str) -> di
     return {"us": {k: v * 1e3 for k, v in ms.items()}}
 
 
+def drift(bundle: Path, reduced: str, steps: int = 10_000) -> dict:
+    """One stream of `steps` steps, one step per call, through step.onnx at fp32 and at
+    `reduced`, each carrying its own state (float32 between calls in both): does the reduced
+    stream drift away from fp32's? The largest output difference over the first and the last
+    1,000 steps, and of the final state."""
+    from toolkit.export import parity
+    from toolkit.export.precision import convert
+    from toolkit.runtime.openvino import PROVIDER
+
+    blob = (bundle / "step.onnx").read_bytes()
+    fp32 = parity.session(blob, "CPUExecutionProvider")
+    other = parity.session(convert(blob, reduced), PROVIDER if reduced == "bf16" else "CPUExecutionProvider")
+    x = np.random.default_rng(2).normal(size=(1, steps, FEATURES)).astype(np.float32)
+    state32 = state = None
+    diffs, scale = np.zeros(steps), 0.0
+    for t in range(steps):
+        y32, state32 = parity.run_step(fp32, x[:, t : t + 1], state32)
+        y, state = parity.run_step(other, x[:, t : t + 1], state)
+        diffs[t], scale = float(np.abs(y32 - y).max()), max(scale, float(np.abs(y32).max()))
+    return {
+        "output scale": scale,
+        "max diff, steps 1-1000": float(diffs[:1000].max()),
+        "max diff, last 1000 steps": float(diffs[-1000:].max()),
+        "final state diff": {k: float(np.abs(state32[k] - state[k]).max()) for k in state32},
+    }
+
+
 def demo_int8(demo: Path, tmp: Path) -> dict:
     """The demo's JapaneseVowels biLSTM exported at int8 as a user would, scored on the official
     TEST split by the export's own task-metric check (and GunPoint's biGRU: refused, with why)."""
@@ -179,6 +207,8 @@ def main() -> None:
             "one step, GRU 2x256, one stream (us per call)": one_step(
                 tmp / "gru" / "bundle", args.rounds, args.threads, "bf16"
             ),
+            "drift over a 10,000-step stream, LSTM 2x256 int8 vs fp32": drift(tmp / "uni" / "bundle", "int8"),
+            "drift over a 10,000-step stream, GRU 2x256 bf16 vs fp32": drift(tmp / "gru" / "bundle", "bf16"),
         }
         if args.demo:
             report["demo classifiers at int8, official TEST split"] = demo_int8(args.demo, tmp)

@@ -63,7 +63,9 @@ class Engine:
         self.precision = self.manifest["precision"]
         if self.precision == "fp16":
             device = self._fp16_device(device)
-        # bf16: OpenVINO where it computes in bf16 here; elsewhere the same fp32 graphs on ONNX Runtime
+        # bf16: whole sequences on OpenVINO where it computes in bf16 here, else the same fp32 graph
+        # on ONNX Runtime; streams always on ONNX Runtime at fp32 (one step per call: OpenVINO's call
+        # overhead made it 3x slower, benchmarks/precision.py)
         self.openvino = self.precision == "bf16" and device in ("auto", "cpu") and bf16_works()
         graphs = {name: read_graph(self.path, name, info) for name, info in self.manifest["graphs"].items()}
         inp = self.manifest["input"]
@@ -127,7 +129,7 @@ class Engine:
     def _session(self, graphs: dict, name: str, device, threads, spin):
         """An ONNX Runtime session on a graph, or a BundleError if it is not one ONNX Runtime can load."""
         try:
-            if self.openvino:
+            if self.openvino and name == "model.onnx":  # streams stay on ONNX Runtime (below)
                 return OpenVINOSession(graphs[name], threads)
             return make_session(graphs[name], device, threads, spin)
         except DeviceError:
