@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import click
@@ -97,8 +99,14 @@ def config_options(fn):
 @click.option("--register", "register_name", help="Register the model under this name (needs MLflow and export).")
 @click.option("--alias", "aliases", multiple=True, help="With --register: point this alias at the new version.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train data-parallel in N processes on this machine (torchrun; gloo on CPU, NCCL on CUDA).",
+)
 @user_errors
 def train(
+    nproc,
     config_file,
     resume,
     progress,
@@ -117,6 +125,8 @@ def train(
     The run is recorded in MLflow (params, per-epoch metrics, artifacts, the bundle as a logged
     model) unless --no-mlflow; if MLflow fails, training goes on and says so.
     """
+    if nproc and nproc > 1 and "RANK" not in os.environ:
+        sys.exit(_launch(nproc))
     from toolkit import pipeline
 
     if register_name and not (use_mlflow and do_export):
@@ -155,6 +165,8 @@ def train(
     except pipeline.Interrupted as e:
         click.echo(f"\ninterrupted: {e}", err=True)
         sys.exit(130)
+    if not outcome.main:  # another rank of a distributed run: rank 0 reports
+        return
     if outcome.export is not None:
         parity, report = outcome.export.report.summary(), outcome.export.report_path
         if not outcome.passed:
@@ -188,3 +200,19 @@ def _print_scores(result) -> None:
         click.echo("sample from the best model:")
         click.echo("  " + result.sample.replace("\n", "\n  "))
     click.echo(f"run directory: {result.out} (checkpoint model.pt, config.json, spec.json, metrics.json)")
+
+
+def _launch(nproc: int) -> int:
+    """This same command in `nproc` processes under torchrun (single node), without --nproc; its exit
+    status. torchrun stops every process when one fails."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += ["-m", "cli.main", *args]
+    return subprocess.run(command, check=False).returncode

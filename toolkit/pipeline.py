@@ -39,6 +39,7 @@ class Outcome:
     export: Any = None  # toolkit.export.exporter.ExportResult, when exported
     mlflow: dict | None = None
     registered: dict | None = None
+    main: bool = True  # False on the other ranks of a distributed run: rank 0 reports
 
     @property
     def passed(self) -> bool:
@@ -88,8 +89,13 @@ def run(
     """Train as `config` says, then (by default) export and certify the bundle into OUT/bundle,
     record the run and its model in MLflow, and register it under `register` with `aliases`.
     `on_trained(train_result)` runs between training and export (the CLI prints the scores there)."""
+    from toolkit.train.distributed import world
     from toolkit.train.loop import train
 
+    main = world().main
+    if not main:  # a torchrun rank other than 0: trains its share; rank 0 records, exports, registers
+        mlflow, export, register, aliases, on_trained, precision = False, False, None, (), None, "fp32"
+        log = lambda msg: None  # noqa: E731
     if register and not (mlflow and export):
         raise ConfigError("registering needs MLflow and the export (drop --no-mlflow / --no-export)")
     if aliases and not register:
@@ -121,7 +127,7 @@ def run(
             on_start=tracker.start if tracker else None,  # after the data and config checks
             on_epoch_end=tracker.on_epoch_end if tracker else None,
         )
-    outcome = Outcome(result)
+    outcome = Outcome(result, main=main)
     if on_trained is not None:
         on_trained(result)
     if export:

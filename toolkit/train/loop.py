@@ -34,6 +34,7 @@ from toolkit.core.tasks import default_monitor, metrics_for
 from toolkit.models.encoder import detach_state
 from toolkit.models.model import SequenceModel, build_model
 from toolkit.train import checkpoint as ckpt
+from toolkit.train import distributed
 from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
 
 STATE_KEYS = frozenset({"model", "optimizer", "schedule", "scaler", "torch_rng", "fingerprint", "epoch", "history"})
@@ -105,26 +106,38 @@ def train(
             f"task {config.task} on {config.data.data} trains on one long stream with the state carried forward; "
             "a bidirectional model would see the values it must predict. Use --unidirectional"
         )
-    device = pick_device(config.train.device)
+    w = distributed.world()
+    if not w.main:  # rank 0 speaks and writes for the group
+        log, progress, on_start, on_epoch_end = (lambda msg: None), False, None, None
+    device = distributed.start(w, pick_device(config.train.device))
     seed_everything(config.train.seed)
     model = build_model(config.model, prepared.input, prepared.output).to(device)
-    run = _Run(config, prepared, model, device, progress, log)  # checks the rest of the config first
+    if w.active:  # same initial weights on every rank, a dropout stream of its own
+        torch.manual_seed(config.train.seed + 7919 * w.rank)
+    run = _Run(config, prepared, model, device, progress, log, w)  # checks the rest of the config first
     params = sum(p.numel() for p in model.parameters())
     amp = " with mixed precision" if run.amp else ""
-    log(f"training {config.model.cell} x{config.model.num_layers} ({params:,} parameters) on {device}{amp}")
+    ranks = f" x {w.size} processes (DDP, global batch {config.train.batch_size})" if w.active else ""
+    log(f"training {config.model.cell} x{config.model.num_layers} ({params:,} parameters) on {device}{amp}{ranks}")
     if resume:
         run.restore(out / "state.pt")
-    ckpt.write_run_files(out, config, prepared.input, prepared.output)
+    if w.main:
+        ckpt.write_run_files(out, config, prepared.input, prepared.output)
     if on_start is not None:
         on_start()
-    return run.fit(on_epoch_end)
+    try:
+        return run.fit(on_epoch_end)
+    finally:
+        distributed.stop()
 
 
 class _Run:
     """State of one training run between epochs (all of it goes into state.pt)."""
 
-    def __init__(self, config: Config, prepared: Prepared, model: SequenceModel, device, progress, log):
+    def __init__(self, config: Config, prepared: Prepared, model: SequenceModel, device, progress, log, world=None):
         self.cfg, self.data, self.model, self.device = config, prepared, model, device
+        self.world = world or distributed.World()
+        self.forward = None  # the DDP wrapper, in fit (after a resume has loaded the weights)
         self.task = config.task
         self.progress, self.log = progress, log
         self.out = Path(config.train.out)
@@ -184,7 +197,16 @@ class _Run:
         if replanned:
             self.log(replanned)
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        rank_rng = state.get("rank_rng")
+        if self.world.active or rank_rng is not None:
+            if rank_rng is None or len(rank_rng) != self.world.size:
+                saved = len(rank_rng) if rank_rng is not None else 1
+                raise CheckpointError(
+                    f"{path}: saved by {saved} process(es); resume it with the same number ({self.world.size} now)"
+                )
+            torch.set_rng_state(rank_rng[self.world.rank])
+        else:
+            torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         for key in ("epoch", "best_value", "best_epoch", "best_metrics", "bad_epochs", "history"):
@@ -192,6 +214,9 @@ class _Run:
         self.log(f"resuming {self.out} after epoch {self.epoch}")
 
     def _save_state(self) -> None:  # plain values only, so that restore can load with weights_only
+        rank_rng = distributed.gather(self.world, torch.get_rng_state())  # every rank's dropout stream
+        if not self.world.main:
+            return
         ckpt.atomic_torch_save(
             self.out / "state.pt",
             {
@@ -200,6 +225,7 @@ class _Run:
                 "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "rank_rng": rank_rng if self.world.active else None,
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "fingerprint": self.fingerprint,
                 **{k: getattr(self, k) for k in ("epoch", "best_value", "best_epoch", "best_metrics", "bad_epochs")},
@@ -213,6 +239,11 @@ class _Run:
         for note in self.data.notes:
             self.log(note)
         stopped_early = self.bad_epochs >= (tcfg.patience or math.inf)
+        if self.world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
         while self.epoch < tcfg.epochs and not stopped_early:
             started = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -229,7 +260,8 @@ class _Run:
             improved = self.best_value is None or better(value, self.best_value, self.mode)
             if improved:
                 self.best_value, self.best_epoch, self.best_metrics, self.bad_epochs = value, self.epoch, watched, 0
-                ckpt.atomic_torch_save(self.out / "model.pt", self.model.state_dict())
+                if self.world.main:
+                    ckpt.atomic_torch_save(self.out / "model.pt", self.model.state_dict())
             else:
                 self.bad_epochs += 1
             if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -238,7 +270,8 @@ class _Run:
                 self.schedule.step()
             self.history.append(record)
             self._save_state()
-            atomic_write_json(self.out / "metrics.json", {"history": self.history})
+            if self.world.main:
+                atomic_write_json(self.out / "metrics.json", {"history": self.history})
             self.log(_epoch_line(record, self.monitor, improved))
             if on_epoch_end is not None:
                 on_epoch_end(self.epoch, record)
@@ -255,6 +288,8 @@ class _Run:
             stopped_early=stopped_early,
             notes=list(self.data.notes),
         )
+        if not self.world.main:
+            return result
         if tasks.of(self.task).predicts == "tokens":  # a language model: show what it writes
             result.sample = self._sample()
         atomic_write_json(self.out / "metrics.json", {"history": self.history, "summary": result.summary()})
@@ -285,6 +320,8 @@ class _Run:
             progress=self.progress,
             desc=f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate",
             label_smoothing=tcfg.label_smoothing,
+            world=self.world if training else None,
+            forward=self.forward if training else None,
         )
 
     def _step(self, loss: torch.Tensor) -> float:
@@ -312,11 +349,15 @@ def run_pass(
     progress: bool = False,
     desc: str = "",
     label_smoothing: float = 0.0,
+    world: distributed.World | None = None,
+    forward: Callable | None = None,
 ) -> dict[str, float]:
     """One pass over `dataset`: training when `step` (the optimizer step) is given, else
     evaluation. Padded batches for sequence data, truncated-BPTT windows with the state
     carried (and detached) for streams. Returns the task metrics (plus speed and gradient
-    norm when training)."""
+    norm when training). With an active `world` (DDP training) each rank takes its rows of every
+    batch (`distributed.shard`) and runs `forward` (the DDP wrapper); loss and speed are the
+    group's, the other metrics this rank's rows'."""
     training = step is not None
     sequences = tasks.of(task).predicts == "sequences"  # seq2seq: teacher-forced, and decoded to score
     model.train(training)
@@ -326,7 +367,12 @@ def run_pass(
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=training, file=sys.stderr)
     state = None
     steps, grad_norms, started = 0, [], time.perf_counter()
+    sharded = world is not None and world.active
+    steps_all = 0.0  # the group's steps so far (DDP)
     for item in bar:
+        weight = 1.0
+        if sharded:
+            item, weight = distributed.shard(item, world)
         if streaming:
             inputs, targets = (torch.from_numpy(a).to(device) for a in item)
             lengths = None
@@ -337,15 +383,22 @@ def run_pass(
             lengths = torch.from_numpy(item.lengths)
             steps += int(item.lengths.sum())
         with torch.set_grad_enabled(training), torch.autocast("cuda", enabled=amp):
-            y, state = model(inputs, lengths, targets if sequences else state if streaming else None)
+            y, state = (forward or model)(inputs, lengths, targets if sequences else state if streaming else None)
             loss_sum, count = task_loss(model, task, y, targets, lengths, label_smoothing)
-        if training:
+        loss_value = float(loss_sum.detach())
+        if sharded:  # the group's loss and count; gradients averaged by DDP over the ranks
+            loss_value, total, steps_all = distributed.all_sum(
+                world, [loss_value * weight, count * weight, steps], device
+            )
+            grad_norms.append(step(loss_sum * (weight * world.size / max(total, 1.0))))
+            count = int(total)
+        elif training:
             grad_norms.append(step(loss_sum / count))
         if streaming:
             state = detach_state(state)
-        loss_value = float(loss_sum.detach())
         metrics.add_loss(loss_value, int(count))
-        update_metrics(metrics, task, y.detach().float(), targets, lengths, loss_value, int(count))
+        if weight:
+            update_metrics(metrics, task, y.detach().float(), targets, lengths, loss_value, int(count))
         if sequences and not training:
             _score_decoded(model, metrics, item)
         if progress:
@@ -355,7 +408,7 @@ def run_pass(
     result = metrics.compute()
     if training:
         elapsed = time.perf_counter() - started
-        result["steps_per_s"] = steps / elapsed if elapsed > 0 else 0.0
+        result["steps_per_s"] = (steps_all if sharded else steps) / elapsed if elapsed > 0 else 0.0
         finite = [g for g in grad_norms if math.isfinite(g)]
         result["grad_norm"] = float(np.mean(finite)) if finite else float("nan")
     return result
