@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint image-test triton-test venv clean
+.PHONY: demo test lint image-test triton-test spark-test venv clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,12 @@ image-test: $(STAMP)
 triton-test: $(STAMP)
 	bash deploy/triton/setup-local.sh .venv-triton
 	RNNKIT_REQUIRE_TRITON=1 $(PY) -m pytest -q -m triton tests/test_triton_server.py
+
+# A real local Spark (pyspark from PyPI, about 450 MB; Java 17) scoring through the MLflow model.
+spark-test: $(STAMP)
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
+	$(PY) -m pip install -q "pyspark==4.3.0"
+	$(PY) -m pytest -q -m spark tests/test_spark.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -16,9 +16,19 @@ from cli.main import engine_options, local_bundle, model_argument, search_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences per call.")
 @engine_options
 @search_options
+@click.option(
+    "--engine",
+    type=click.Choice(["onnxruntime", "spark"]),
+    default="onnxruntime",
+    show_default=True,
+    help="spark: score on Apache Spark through the MLflow model (JSON Lines or Parquet in and out).",
+)
+@click.option("--master", default="local[2]", show_default=True, help="With --engine spark: the Spark master URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @user_errors
-def infer(model, input_path, output_path, batch_size, device, threads, allow_unverified, search, as_json):
+def infer(
+    model, input_path, output_path, batch_size, device, threads, allow_unverified, search, engine, master, as_json
+):
     """Run MODEL on every sequence of a file (bidirectional models included); metrics if labelled.
 
     A seq2seq model decodes each source (greedy, or --beam N with --nbest K) and writes
@@ -27,6 +37,9 @@ def infer(model, input_path, output_path, batch_size, device, threads, allow_unv
     MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
+    if engine == "spark":
+        _spark(model, input_path, output_path, batch_size, master, as_json)
+        return
     from tqdm import tqdm
 
     from toolkit.core.atomic import atomic_write_bytes
@@ -51,3 +64,15 @@ def infer(model, input_path, output_path, batch_size, device, threads, allow_unv
     click.echo(f"{len(results)} sequences -> {output_path} ({engine.provider})")
     for key, value in (metrics or {}).items():
         click.echo(f"  {key:<16} {value:.4f}")
+
+
+def _spark(model: str, input_path: str, output_path: str, batch_size: int, master: str, as_json: bool) -> None:
+    """`--engine spark`: the rows of a JSON Lines or Parquet file scored on Spark (toolkit.tracking.spark)."""
+    from pathlib import Path
+
+    from toolkit.tracking.spark import score
+
+    bundle = Path(model) if Path(model).is_dir() else None
+    summary = score(model, input_path, output_path, master=master, batch_size=batch_size, bundle=bundle)
+    shown = f"{summary['sequences']} sequences -> {output_path} (spark {master})"
+    click.echo(json.dumps(summary) if as_json else shown)

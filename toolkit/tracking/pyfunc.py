@@ -322,6 +322,31 @@ def log_bundle(
     A bundle that failed its parity check, or whose graphs do not match its manifest, is refused
     (BundleError): the logged model could not be loaded."""
     bundle_dir = Path(bundle_dir).resolve()
+    manifest = _checked(bundle_dir)
+    with tempfile.TemporaryDirectory(prefix="rnnkit-pyfunc-") as tmp:
+        return mlflow.pyfunc.log_model(
+            name=name,
+            **_model(bundle_dir, manifest, Path(tmp)),
+            input_example=input_example(manifest),
+            registered_model_name=registered_model_name,
+            step=step,
+            model_id=model_id,
+            tags={**model_tags(manifest), **(tags or {})},
+            **kwargs,
+        )
+
+
+def save_bundle(bundle_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """The bundle saved as a pyfunc model directory at `path` (no tracking server): what
+    `mlflow.pyfunc.load_model(path)` and `spark_udf(spark, path)` load. Checked as `log_bundle`."""
+    bundle_dir = Path(bundle_dir).resolve()
+    manifest = _checked(bundle_dir)
+    with tempfile.TemporaryDirectory(prefix="rnnkit-pyfunc-") as tmp:
+        mlflow.pyfunc.save_model(path=str(path), **_model(bundle_dir, manifest, Path(tmp)))
+    return Path(path)
+
+
+def _checked(bundle_dir: Path) -> dict:
     manifest = read_manifest(bundle_dir)
     for graph, info in manifest.get("graphs", {}).items():
         read_graph(bundle_dir, graph, info)
@@ -331,21 +356,18 @@ def log_bundle(
             f"{bundle_dir}: this bundle failed its parity check (worst: {parity.get('worst_case')}); "
             "a model logged from it would not load: export it again"
         )
-    with tempfile.TemporaryDirectory(prefix="rnnkit-pyfunc-") as tmp:
-        code = Path(tmp) / MODEL_CODE
-        code.write_text(MODEL_CODE_TEXT, encoding="utf-8")
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(code),
-            artifacts={ARTIFACT: str(bundle_dir)},
-            code_paths=[str(Path(toolkit.__file__).resolve().parent)],
-            signature=signature(manifest),
-            input_example=input_example(manifest),
-            pip_requirements=pip_requirements(),
-            metadata=metadata(manifest),
-            registered_model_name=registered_model_name,
-            step=step,
-            model_id=model_id,
-            tags={**model_tags(manifest), **(tags or {})},
-            **kwargs,
-        )
+    return manifest
+
+
+def _model(bundle_dir: Path, manifest: dict, tmp: Path) -> dict:
+    """What logging and saving the pyfunc model share: its code file, artifact, code, signature."""
+    code = tmp / MODEL_CODE
+    code.write_text(MODEL_CODE_TEXT, encoding="utf-8")
+    return {
+        "python_model": str(code),
+        "artifacts": {ARTIFACT: str(bundle_dir)},
+        "code_paths": [str(Path(toolkit.__file__).resolve().parent)],
+        "signature": signature(manifest),
+        "pip_requirements": pip_requirements(),
+        "metadata": metadata(manifest),
+    }
