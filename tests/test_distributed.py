@@ -132,3 +132,18 @@ def test_every_row_goes_to_exactly_one_rank(size, rows):
     print(f"{rows} rows over {size} ranks: weights {weights}")
     assert sorted(taken) == list(range(rows))
     assert weights == [1.0] * min(size, rows) + [0.0] * max(0, size - rows)
+
+
+def test_rank_zero_alone_records_the_run_with_its_world_size(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    data = toy_data(tmp_path, "classify", n=90)["data"]
+    flags = [f for f in FLAGS if f != "--no-mlflow"]
+    out = rnnkit("train", "--task", "classify", "--data", data, *flags, "--epochs", "1", "--nproc", "2",
+                 "--out", tmp_path / "run", "--tracking-uri", uri, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    print([(r.info.run_id, r.data.params.get("world_size")) for r in runs])
+    assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"

@@ -23,6 +23,7 @@ from toolkit.core.config import Config
 from toolkit.core.errors import first_line
 from toolkit.core.mlflow_env import apply_defaults
 from toolkit.train.checkpoint import fingerprint, read_json
+from toolkit.train.distributed import world
 
 RUN_FILES = ("config.json", "spec.json", "vocab.json", "labels.json", "metrics.json", "model.pt")
 
@@ -126,7 +127,7 @@ class Tracker:
             atomic_write_json(link, {"run_id": self.run_id, "tracking_uri": self.tracking_uri})
             if run_id:  # params and tags were logged when the run began
                 return
-            mlflow.log_params(flat_params(cfg))
+            mlflow.log_params({**flat_params(cfg), "world_size": world().size})  # processes (DDP)
             mlflow.set_tags(
                 {
                     "task": cfg.task,
