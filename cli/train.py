@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -215,4 +216,9 @@ def _launch(nproc: int) -> int:
             args.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command += ["-m", "cli.main", *args]
-    return subprocess.run(command, check=False).returncode
+    launcher = subprocess.Popen(command)
+    # SIGTERM (and a SIGINT sent to this process alone) reach torchrun, which stops every rank
+    forward = lambda signum, frame: launcher.send_signal(signum)  # noqa: E731
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    return launcher.wait()

@@ -147,3 +147,25 @@ def test_rank_zero_alone_records_the_run_with_its_world_size(tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     print([(r.info.run_id, r.data.params.get("world_size")) for r in runs])
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
+
+
+def test_sigterm_stops_every_rank(tmp_path):
+    data = toy_data(tmp_path, "classify", n=400)["data"]
+    proc = start("train", "--task", "classify", "--data", data, *FLAGS, "--epochs", "500", "--nproc", "2",
+                 "--out", tmp_path / "run")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "state.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = ranks(proc.pid)
+        assert set(workers) == {0, 1}, workers
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = proc.wait(timeout=90)
+        took = time.monotonic() - sent
+        alive = [r for r, pid in workers.items() if _alive(pid)]
+        print(f"SIGTERM: exit {code} after {took:.1f} s; ranks still alive: {alive}")
+        assert code != 0 and not alive and took < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
