@@ -259,3 +259,10 @@ def test_the_certificate_catches_openvinos_padded_backward_direction(tmp_path):
     failed = {c.name for c in report.failures}
     print(sorted(failed))
     assert "padded batch vs one at a time" in failed and "batch 2 length 2" not in failed
+
+
+def test_a_bf16_models_requirements_name_openvino():
+    from toolkit.tracking.pyfunc import pip_requirements
+
+    assert not any(r.startswith("openvino") for r in pip_requirements({"precision": "fp32"}))
+    assert any(r.startswith("openvino") for r in pip_requirements({"precision": "bf16"}))

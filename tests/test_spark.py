@@ -73,3 +73,25 @@ def test_spark_refuses_a_file_without_the_models_column(tmp_path):
     out = rnnkit("infer", tmp_path / "bundle", "--input", data, "--output", tmp_path / "o.jsonl", "--engine", "spark")
     assert out.returncode == 2 and "no 'tokens' column" in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_spark_reads_and_writes_parquet(tmp_path):
+    """Parquet in, Parquet out (written by the executors), rows keyed by index."""
+    import pandas as pd
+
+    run = trained_run(tmp_path, "tag", "gru")
+    export(run, tmp_path / "bundle")
+    rng = np.random.default_rng(2)
+    rows = [{"tokens": list(rng.choice(list("abcdef"), size=int(rng.integers(1, 20))))} for _ in range(3000)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "in.parquet")
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    out = rnnkit("infer", tmp_path / "bundle", "--input", tmp_path / "in.parquet", "--output", tmp_path / "out.parquet",
+                 "--engine", "spark", "--json", timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    local = rnnkit("infer", tmp_path / "bundle", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "l.jsonl")
+    assert local.returncode == 0, local.stderr[-2000:]
+    scored = pd.read_parquet(tmp_path / "out.parquet").sort_values("index")
+    want = [json.loads(line)["predictions"] for line in (tmp_path / "l.jsonl").read_text().splitlines()]
+    print(f"{len(scored)} rows from Parquet; summary {out.stdout.strip()}")
+    assert scored["index"].tolist() == list(range(3000))
+    assert [list(p) for p in scored["predictions"]] == want

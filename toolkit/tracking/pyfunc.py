@@ -295,12 +295,14 @@ def model_tags(manifest: dict) -> dict[str, str]:
     return tags
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(manifest: dict | None = None) -> list[str]:
     """What the model needs besides MLflow (which MLflow adds, pinned, itself): the ONNX Runtime
     build installed here (onnxruntime-gpu or onnxruntime; both provide the `onnxruntime` module and
-    overwrite each other, so exactly one is listed), NumPy and pandas, pinned as installed here."""
+    overwrite each other, so exactly one is listed), NumPy and pandas, pinned as installed here;
+    for a bf16 bundle also OpenVINO, which runs it at bf16 (without it, it runs at fp32)."""
     ort = next((d for d in ("onnxruntime-gpu", "onnxruntime") if installed(d)), "onnxruntime")
-    return [f"{d}=={installed(d)}" if installed(d) else d for d in (ort, "numpy", "pandas")]
+    needed = [ort, "numpy", "pandas"] + (["openvino"] if (manifest or {}).get("precision") == "bf16" else [])
+    return [f"{d}=={installed(d)}" if installed(d) else d for d in needed]
 
 
 def log_bundle(
@@ -368,6 +370,6 @@ def _model(bundle_dir: Path, manifest: dict, tmp: Path) -> dict:
         "artifacts": {ARTIFACT: str(bundle_dir)},
         "code_paths": [str(Path(toolkit.__file__).resolve().parent)],
         "signature": signature(manifest),
-        "pip_requirements": pip_requirements(),
+        "pip_requirements": pip_requirements(manifest),
         "metadata": metadata(manifest),
     }
