@@ -75,8 +75,11 @@ def start(w: World, device: torch.device) -> torch.device:
     return device
 
 
-def stop() -> None:
+def stop(barrier: bool = False) -> None:
+    """Leave the process group; with `barrier`, once every rank has arrived (the normal end)."""
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

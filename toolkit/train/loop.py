@@ -126,9 +126,16 @@ def train(
     if on_start is not None:
         on_start()
     try:
-        return run.fit(on_epoch_end)
-    finally:
+        result = run.fit(on_epoch_end)
+    except BaseException:
+        run.forward = None
         distributed.stop()
+        raise
+    # Every rank leaves together, the DDP reducer before its process group: a rank that exits
+    # while another still works (rank 0 logging to MLflow) aborted in C++ teardown otherwise.
+    run.forward = None
+    distributed.stop(barrier=True)
+    return result
 
 
 class _Run:
