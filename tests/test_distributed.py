@@ -71,17 +71,30 @@ def test_rank_zero_alone_writes_and_resume_is_exact(tmp_path):
 
 
 def ranks(parent: int) -> dict[int, int]:
-    """rank -> pid of the processes under `parent` that torchrun started (read from /proc)."""
+    """rank -> pid of the processes torchrun started under `parent` (read from /proc; only this
+    test's own: another run's ranks may be alive on the same machine)."""
     found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         values = dict(e.split(b"=", 1) for e in env if b"=" in e)
-        if values.get(b"TORCHELASTIC_RUN_ID") and b"RANK" in values and int(pid) != parent:
-            found[int(values[b"RANK"])] = int(pid)
+        if values.get(b"TORCHELASTIC_RUN_ID") and b"RANK" in values and pid != parent and _descends(pid, parent):
+            found[int(values[b"RANK"])] = pid
     return found
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: the parent's pid
+        if pid == ancestor:
+            return True
+    return False
 
 
 def test_a_rank_killed_stops_the_others(tmp_path):
