@@ -68,11 +68,9 @@ def infer(
 
 def _spark(model: str, input_path: str, output_path: str, batch_size: int, master: str, as_json: bool) -> None:
     """`--engine spark`: the rows of a JSON Lines or Parquet file scored on Spark (toolkit.tracking.spark)."""
-    from pathlib import Path
-
     from toolkit.tracking.spark import score
 
-    bundle = Path(model) if Path(model).is_dir() else None
-    summary = score(model, input_path, output_path, master=master, batch_size=batch_size, bundle=bundle)
+    bundle = local_bundle(model)  # its manifest (a URI's bundle is downloaded once into the cache)
+    summary = score(model, bundle, input_path, output_path, master=master, batch_size=batch_size)
     shown = f"{summary['sequences']} sequences -> {output_path} (spark {master})"
     click.echo(json.dumps(summary) if as_json else shown)

@@ -5,6 +5,7 @@ exact resume; a rank killed stops the group."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -97,25 +98,33 @@ def _descends(pid: int, ancestor: int) -> bool:
     return False
 
 
-def test_a_rank_killed_stops_the_others(tmp_path):
+@contextlib.contextmanager
+def training_group(tmp_path: Path):
+    """`rnnkit train --nproc 2` for 500 epochs, once both ranks are in the training loop (an epoch
+    is done): (the process, rank -> pid). Killed at the end if still running."""
     data = toy_data(tmp_path, "classify", n=400)["data"]
     proc = start("train", "--task", "classify", "--data", data, *FLAGS, "--epochs", "500", "--nproc", "2",
                  "--out", tmp_path / "run")  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "run" / "state.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)  # an epoch is done: both ranks are in the training loop
+            time.sleep(0.2)
         workers = ranks(proc.pid)
         assert set(workers) == {0, 1}, workers
+        yield proc, workers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_rank_killed_stops_the_others(tmp_path):
+    with training_group(tmp_path) as (proc, workers):
         os.kill(workers[1], signal.SIGKILL)
         killed = time.monotonic()
         code = proc.wait(timeout=90)
         took = time.monotonic() - killed
         print(f"rank 1 killed: the group exited {code} after {took:.1f} s; rank 0 alive: {_alive(workers[0])}")
         assert code != 0 and not _alive(workers[0]) and took < 60
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def _alive(pid: int) -> bool:
@@ -163,15 +172,7 @@ def test_rank_zero_alone_records_the_run_with_its_world_size(tmp_path):
 
 
 def test_sigterm_stops_every_rank(tmp_path):
-    data = toy_data(tmp_path, "classify", n=400)["data"]
-    proc = start("train", "--task", "classify", "--data", data, *FLAGS, "--epochs", "500", "--nproc", "2",
-                 "--out", tmp_path / "run")  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "run" / "state.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        workers = ranks(proc.pid)
-        assert set(workers) == {0, 1}, workers
+    with training_group(tmp_path) as (proc, workers):
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         code = proc.wait(timeout=90)
@@ -179,6 +180,3 @@ def test_sigterm_stops_every_rank(tmp_path):
         alive = [r for r, pid in workers.items() if _alive(pid)]
         print(f"SIGTERM: exit {code} after {took:.1f} s; ranks still alive: {alive}")
         assert code != 0 and not alive and took < 60
-    finally:
-        if proc.poll() is None:
-            proc.kill()

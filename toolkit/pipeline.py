@@ -101,18 +101,11 @@ def run(
     if aliases and not register:
         raise ConfigError("an alias needs a registered name (--register NAME)")
     if precision != "fp32":  # refused before training, not after it
-        from toolkit.export.exporter import providers_for
-        from toolkit.export.precision import check
+        from toolkit.export.exporter import check_precision
 
         if not export:
             raise ConfigError(f"--precision {precision} is the bundle's: drop --no-export")
-        check(
-            precision,
-            config.model.cell,
-            config.task,
-            "CUDAExecutionProvider" in providers_for(),
-            config.model.bidirectional,
-        )
+        check_precision(precision, config)
     tracker = None
     if mlflow:
         from toolkit.tracking.training import Tracker

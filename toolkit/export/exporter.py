@@ -52,13 +52,7 @@ def export(
     `eval_data` (default: the run's validation data), refused past `max_metric_drop`."""
     out = Path(out)
     model, config, input_spec, output_spec = load_model(run_dir)
-    rule = precisions.check(
-        precision,
-        config.model.cell,
-        config.task,
-        "CUDAExecutionProvider" in providers_for(),
-        config.model.bidirectional,
-    )
+    rule = check_precision(precision, config)
     weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     seed = parity.fresh_seed(seed)
     examples = _read_sample(sample, config, input_spec, output_spec) if sample else None
@@ -79,8 +73,10 @@ def export(
         fp32 = {name: build(*args, opset=opset).SerializeToString() for name, build in builders.items()}
         # int8 quantizes layer 0 with its trained scale: the normalisation stays nodes (a 1/std
         # folded into some columns would coarsen the others' int8 steps).
-        source = fp32 if precision != "int8" else {n: b(*args, opset=opset, fold=False) for n, b in builders.items()}
-        blobs = {name: precisions.convert(_bytes(g), precision) for name, g in source.items()}
+        source = fp32
+        if precision == "int8":
+            source = {n: build(*args, opset=opset, fold=False).SerializeToString() for n, build in builders.items()}
+        blobs = {name: precisions.convert(blob, precision) for name, blob in source.items()}
         graphs = {name: onnx.load_model_from_string(b) for name, b in blobs.items()}
         batch = pad_batch(examples, np.arange(len(examples))) if examples else None
         sample_data = (batch.inputs, batch.lengths) if batch is not None else None
@@ -103,8 +99,12 @@ def export(
     return ExportResult(out, report, manifest, False, kept)
 
 
-def _bytes(graph) -> bytes:
-    return graph if isinstance(graph, bytes) else graph.SerializeToString()
+def check_precision(precision: str, config):
+    """The certificate's rule for exporting this run's model at `precision` on this machine, or a
+    PrecisionError saying why not (toolkit.export.precision.check)."""
+    model = config.model
+    cuda = "CUDAExecutionProvider" in providers_for()
+    return precisions.check(precision, model.cell, config.task, cuda, model.bidirectional)
 
 
 def _labelled(eval_data, config, input_spec, output_spec, precision: str):

@@ -13,11 +13,11 @@ and judged by what users care about, the task metric.
   faster, so bf16 is refused there.
 
 The certificate of a reduced bundle is the fp32 one (`toolkit.export.parity`) with the precision's
-`Rule`: the noise runs are the reference computed the way that precision stores it (int8: every
-weight tensor on its int8 grid; fp16: the model in float16 on CUDA), and the budget is a few times
-their error. It adds a `MetricCheck`: the task metric of the fp32 graphs and of the reduced ones
-side by side on labelled data (the run's validation data, or `--eval-data`), refused when the
-reduced bundle loses more than `max_drop`.
+`Rule`: the noise runs are the reference computed the way that precision computes, by an
+independent implementation (int8: torch's dynamic int8; bf16: torch bfloat16 on the CPU; fp16:
+torch float16 on CUDA), and the budget is a few times their error. It adds a `MetricCheck`: the
+task metric of the fp32 graphs and of the reduced ones side by side on labelled data (the run's
+validation data, or `--eval-data`), refused when the reduced bundle loses more than `max_drop`.
 """
 
 from __future__ import annotations
@@ -28,16 +28,15 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from toolkit.core import tasks
 from toolkit.core.data import SequenceDataset
-from toolkit.core.data.batching import pad
 from toolkit.core.errors import RnnkitError
 from toolkit.core.metrics import metric_mode
 from toolkit.export import parity
-from toolkit.runtime.infer import metrics_of
+from toolkit.runtime.engine import in_length_order, run_full
+from toolkit.runtime.infer import metrics_of, sequences_of
 from toolkit.runtime.openvino import bf16_works
 
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
@@ -217,18 +216,10 @@ def metric_check(
 
 
 def _scores(blob: bytes, provider: str, config, output_spec, data, batch_size: int = 64) -> dict:
+    """The task metrics of model.onnx on a labelled dataset, batched as `rnnkit infer` batches."""
     session = parity.session(blob, provider)
-    if isinstance(data, SequenceDataset):
-        inputs, targets = [e.inputs for e in data.examples], [e.target for e in data.examples]
-    else:  # a stream (text, csv series): one long sequence
-        inputs, targets = [data.inputs], [data.targets]
+    inputs, targets = sequences_of(data)
     per_step = tasks.of(config.task).outputs_per_step(output_spec.per_step)
-    outputs: list = [None] * len(inputs)
-    order = np.argsort([len(x) for x in inputs], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        x, lengths = pad([inputs[i] for i in rows])
-        y = parity.run_full(session, x, lengths)
-        for k, i in enumerate(rows):
-            outputs[i] = y[k, : lengths[k]] if per_step else y[k]
+    name = session.get_inputs()[0].name  # tokens or features: the graphs this export just built
+    outputs = in_length_order(inputs, batch_size, lambda batch: run_full(session, name, batch, per_step))
     return metrics_of(config, output_spec, outputs, targets)

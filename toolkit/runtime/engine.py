@@ -204,21 +204,11 @@ class Engine:
             except ValueError as e:
                 raise InputError(f"decoding settings: {e}") from None
         sequences = [self.check(s, f"sequence {i}") for i, s in enumerate(sequences)]
-        order = np.argsort([len(s) for s in sequences], kind="stable")  # similar lengths share a batch
-        results: list = [None] * len(sequences)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            if self.translator is not None:
-                outputs = self.translator.translate([sequences[i] for i in index], search, batch_size)
-            else:
-                batch, lengths = pad([sequences[i] for i in index], dtype=self.dtype)
-                y = self.full.run(None, {self.input_name: batch, "lengths": lengths})[0]
-                outputs = [y[row, : lengths[row]] if self.per_step else y[row] for row in range(len(index))]
-            for i, output in zip(index, outputs, strict=True):
-                results[i] = output
-            if progress:
-                progress(len(index))
-        return results
+        if self.translator is not None:
+            run = lambda batch: self.translator.translate(batch, search, batch_size)  # noqa: E731
+        else:
+            run = lambda batch: run_full(self.full, self.input_name, batch, self.per_step, self.dtype)  # noqa: E731
+        return in_length_order(sequences, batch_size, run, progress)
 
     # ---- streams -------------------------------------------------------------------------
     def stream(self) -> Stream:
@@ -271,6 +261,31 @@ class Engine:
                 streams[i].state = {n: v[:, row : row + 1] for n, v in new.items()}
                 streams[i].steps += len(chunks[i])
         return outputs
+
+
+def in_length_order(
+    sequences: Sequence, batch_size: int, run: Callable[[list], list], progress: Callable[[int], None] | None = None
+) -> list:
+    """`run` on batches of up to `batch_size` sequences of similar lengths (sorted, so that a batch
+    pads little); its outputs, one per sequence, put back in input order. `progress(n)` after each
+    batch of n."""
+    order = np.argsort([len(s) for s in sequences], kind="stable")
+    results: list = [None] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        for i, output in zip(index, run([sequences[i] for i in index]), strict=True):
+            results[i] = output
+        if progress:
+            progress(len(index))
+    return results
+
+
+def run_full(session, input_name: str, sequences: list, per_step: bool, dtype=None) -> list[np.ndarray]:
+    """model.onnx on one padded batch of `sequences`: each one's outputs, its real steps only
+    ([T_i, K]) or its one row ([K])."""
+    batch, lengths = pad(sequences, dtype=dtype)
+    y = session.run(None, {input_name: batch, "lengths": lengths})[0]
+    return [y[row, : lengths[row]] if per_step else y[row] for row in range(len(sequences))]
 
 
 def by_length(chunks: Sequence) -> dict[int, list[int]]:

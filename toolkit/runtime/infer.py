@@ -50,12 +50,7 @@ def infer_file(
     `progress`: a tqdm-like bar, reset to the number of sequences once the file is read; `search`:
     how a seq2seq bundle decodes (greedy when None)."""
     config, input_spec, output_spec = specs(engine.manifest)
-    data = load_file(path, config, input_spec, output_spec, require_target=False)
-    if isinstance(data, SequenceDataset):
-        inputs = [e.inputs for e in data.examples]
-        targets = [e.target for e in data.examples]
-    else:  # a text or csv stream: one long sequence
-        inputs, targets = [data.inputs], [data.targets]
+    inputs, targets = sequences_of(load_file(path, config, input_spec, output_spec, require_target=False))
     if progress is not None:
         progress.reset(total=len(inputs))
     update = progress.update if progress is not None else None
@@ -63,6 +58,14 @@ def infer_file(
     results = [{"index": i, **result(engine.manifest, y)} for i, y in enumerate(outputs)]
     labelled = all(t is not None for t in targets)
     return results, (metrics_of(config, output_spec, outputs, targets) if labelled else None)
+
+
+def sequences_of(data) -> tuple[list, list]:
+    """A dataset's input sequences and their targets (None where unlabelled): its examples, or a
+    text or csv stream as one long sequence."""
+    if isinstance(data, SequenceDataset):
+        return [e.inputs for e in data.examples], [e.target for e in data.examples]
+    return [data.inputs], [data.targets]
 
 
 def result(manifest: dict, y: np.ndarray) -> dict:

@@ -30,6 +30,7 @@ from toolkit.core import tasks
 from toolkit.core.atomic import atomic_write_bytes
 from toolkit.core.bundle import read_manifest
 from toolkit.core.errors import RnnkitError
+from toolkit.runtime.source import is_uri
 
 
 class SparkInputError(RnnkitError, ValueError):
@@ -56,14 +57,16 @@ def result_type(manifest: dict) -> str:
 
 def score(
     model: str,
+    bundle: str | Path,
     input_path: str | Path,
     output_path: str | Path,
     master: str = "local[2]",
     batch_size: int = 512,
-    bundle: Path | None = None,
 ) -> dict:
-    """Score every row of `input_path` with `model` (an MLflow model URI, or a bundle directory
-    given as `bundle`) on Spark at `master`; write `output_path`. Returns a summary."""
+    """Score every row of `input_path` with `model` (an MLflow model URI, or a bundle directory) on
+    Spark at `master`; write `output_path`. `bundle`: the model's bundle on this machine (the
+    directory itself, or the cached download of the URI: `toolkit.runtime.source.resolve`), read
+    for its manifest. Returns a summary."""
     import mlflow.pyfunc
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
@@ -83,12 +86,9 @@ def score(
     )
     spark.sparkContext.setLogLevel("ERROR")
     with tempfile.TemporaryDirectory(prefix="rnnkit-spark-") as tmp:
-        if bundle is not None:  # a bundle directory: saved as a pyfunc model beside it, loaded from there
-            uri = str(save_bundle(bundle, Path(tmp) / "model"))
-            manifest = read_manifest(bundle)
-        else:
-            uri = model
-            manifest = read_manifest(_downloaded_bundle(model, Path(tmp)))
+        # a bundle directory is saved as a pyfunc model for the executors to load; a URI is loaded as is
+        uri = model if is_uri(model) else str(save_bundle(bundle, Path(tmp) / "model"))
+        manifest = read_manifest(bundle)
         column = input_column(manifest)
         frame = _read(spark, Path(input_path), column)
         indexed = frame.rdd.zipWithIndex().map(lambda pair: (pair[1], pair[0][column])).toDF(["index", column])
@@ -96,15 +96,6 @@ def score(
         scored = indexed.select("index", udf(F.struct(column)).alias("r")).select("index", "r.*")
         rows = _write(scored, Path(output_path))
     return {"sequences": rows, "output": str(output_path), "engine": f"spark {master}"}
-
-
-def _downloaded_bundle(uri: str, tmp: Path) -> Path:
-    """The bundle inside an MLflow model (its `bundle` artifact), for the manifest."""
-    from mlflow.artifacts import download_artifacts
-
-    from toolkit.runtime.source import ARTIFACT
-
-    return Path(download_artifacts(artifact_uri=f"{uri.rstrip('/')}/artifacts/{ARTIFACT}", dst_path=str(tmp)))
 
 
 def _read(spark, path: Path, column: str):
@@ -126,7 +117,7 @@ def _write(scored, path: Path) -> int:
     """JSON Lines by the driver in input order (atomic), or Parquet by the executors; the row count."""
     if path.suffix == ".parquet":
         scored.orderBy("index").write.mode("overwrite").parquet(str(path))
-        return scored.count()
+        return scored.sparkSession.read.parquet(str(path)).count()  # from the files: no second scoring
     count = [0]
 
     def lines():
