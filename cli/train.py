@@ -12,7 +12,18 @@ import click
 
 from cli.export import PRECISIONS
 from cli.main import user_errors
-from toolkit.core.config import ATTENTIONS, CELLS, FORMATS, LEVELS, MERGES, OPTIMIZERS, SCHEDULES, TASKS, Config
+from toolkit.core.config import (
+    ATTENTIONS,
+    CELLS,
+    FORMATS,
+    LEVELS,
+    MERGES,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TASKS,
+    Config,
+)
 from toolkit.core.devices import TRAIN_DEVICES
 
 
@@ -44,6 +55,11 @@ FLAGS = {
     "dropout": ("model", float, "Dropout between stacked layers (0)."),
     "residual": ("model", "--residual/--no-residual", "Skip connections between layers of equal width."),
     "embedding_dim": ("model", int, "Token embedding width (64)."),
+    "normalize": (
+        "model",
+        _choice(NORMALIZATIONS),
+        "Feature inputs: by the training set's mean/std (dataset) or each sequence's own (sequence; no streaming).",
+    ),
     "attention": ("model", _choice(ATTENTIONS), "seq2seq: none | additive | multiplicative (none)."),
     "decoder_cell": ("model", _choice(CELLS), "seq2seq decoder cell (default: --cell)."),
     "decoder_layers": ("model", int, "seq2seq decoder layers (default: --num-layers)."),
@@ -57,6 +73,10 @@ FLAGS = {
     "bptt": ("train", int, "Truncated-BPTT window for lm and CSV series (64)."),
     "patience": ("train", int, "Early stop after this many epochs without improvement."),
     "monitor": ("train", str, "Validation metric for best-model selection and early stopping."),
+    "min_delta": ("train", float, "The monitored metric must gain more than this to count as better (0)."),
+    "warmup": ("train", float, "Ramp the learning rate up linearly over this many epochs (0)."),
+    "max_time": ("train", float, "Time budget in seconds: stop before an epoch that would overrun it."),
+    "class_weight": ("train", str, "classify/tag loss weights: none | balanced | FILE (JSON {label: weight})."),
     "seed": ("train", int, "Random seed (0)."),
     "device": ("train", _choice(TRAIN_DEVICES), "auto | cpu | cuda"),
     "amp": ("train", "--amp/--no-amp", "Mixed precision on CUDA (on)."),

@@ -32,6 +32,7 @@ ATTENTIONS = ("none", "additive", "multiplicative")
 FORMATS = ("auto", *tasks.FORMATS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
+NORMALIZATIONS = ("dataset", "sequence")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class ModelConfig:
     dropout: float = 0.0  # between stacked layers, as in torch.nn.LSTM
     residual: bool = False  # skip connections between stacked layers of equal width
     embedding_dim: int = 64  # token inputs only
+    # feature inputs: scale by the training set's mean/std per feature (dataset), or by each
+    # sequence's own (sequence: whole sequences only, so such a model cannot stream)
+    normalize: str = "dataset"
     # seq2seq only: the decoder (always one direction) and its attention over the encoder outputs
     attention: str = "none"  # none (the final state is the only context) | additive | multiplicative
     decoder_cell: str | None = None  # default: cell
@@ -58,6 +62,7 @@ class ModelConfig:
         _positive("model.num_layers", self.num_layers)
         _positive("model.embedding_dim", self.embedding_dim)
         _choice("model.attention", self.attention, ATTENTIONS)
+        _choice("model.normalize", self.normalize, NORMALIZATIONS)
         if self.decoder_cell is not None:
             _choice("model.decoder_cell", self.decoder_cell, CELLS)
         if self.decoder_layers is not None:
@@ -120,6 +125,10 @@ class TrainConfig:
     amp: bool = True  # mixed precision, CUDA only
     out: str = "runs/latest"
     label_smoothing: float = 0.0  # seq2seq: of the decoder's cross-entropy
+    min_delta: float = 0.0  # the monitored metric must gain more than this to count as better
+    warmup: float = 0.0  # epochs over which the learning rate ramps up linearly, step by step
+    max_time: float | None = None  # seconds: no epoch starts that would end past this budget
+    class_weight: str = "none"  # classify/tag: none | balanced | a JSON file {label: weight}
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -136,6 +145,12 @@ class TrainConfig:
             _positive("train.patience", self.patience)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.min_delta >= 0:
+            raise ConfigError(f"train.min_delta must be >= 0, got {self.min_delta}")
+        if not self.warmup >= 0:
+            raise ConfigError(f"train.warmup must be >= 0 epochs, got {self.warmup}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ConfigError(f"train.max_time must be > 0 seconds (or null for no limit), got {self.max_time}")
 
 
 @dataclass
