@@ -214,7 +214,8 @@ def train(
 
 
 def _print_scores(result) -> None:
-    click.echo(f"best epoch {result.best_epoch}/{result.epochs_run} by {result.monitor}:")
+    stop = f", stopped by {result.stop_reason}" if result.stop_reason else ""
+    click.echo(f"best epoch {result.best_epoch}/{result.epochs_run}{stop}, chosen by {result.selection}:")
     for key, value in result.best.items():
         click.echo(f"  {key:<16} {value:.4f}")
     if result.sample is not None:

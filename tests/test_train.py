@@ -125,11 +125,13 @@ def test_existing_run_directory_is_not_overwritten(tmp_path):
 
 
 def test_early_stopping_stops(tmp_path):
-    cfg = make_config(tmp_path, "classify", epochs=50, patience=2, lr=1e-6)  # too small a rate to improve
+    # too small a rate to gain more than min_delta in validation loss
+    cfg = make_config(tmp_path, "classify", epochs=50, patience=2, lr=1e-6, monitor="loss", min_delta=0.01)
     result = train(cfg, progress=False, log=lambda m: None)
     print(f"early stop after {result.epochs_run} epochs, best epoch {result.best_epoch}")
     assert result.stopped_early and result.epochs_run < 50
     assert result.epochs_run - result.best_epoch == 2
+    assert result.stop_reason == "patience" and "gains over 0.01" in result.selection
 
 
 def test_lm_reports_perplexity_and_bpc_and_samples(tmp_path):

@@ -1,5 +1,10 @@
 """The training loop: BPTT over padded batches, truncated BPTT over streams, clipping,
-schedules, early stopping, a checkpoint every epoch and exact resume.
+warm-up and schedules, class weights, best-epoch selection, early stopping, a time budget, a
+checkpoint every epoch and exact resume.
+
+Selection: an epoch is better when the monitored metric gains more than `min_delta`; when it
+merely ties (gains 0..min_delta) a lower validation loss decides. On a small validation set
+accuracy ties for many epochs, and keeping the first of them returned undertrained weights.
 
 Exact resume: data order comes from a generator seeded with (seed, epoch), and the torch RNG
 (dropout) state is saved with every epoch's checkpoint, so a run interrupted and resumed ends
@@ -35,6 +40,7 @@ from toolkit.models.encoder import detach_state
 from toolkit.models.model import SequenceModel, build_model
 from toolkit.train import checkpoint as ckpt
 from toolkit.train import distributed
+from toolkit.train.class_weights import class_weights, describe
 from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
 
 STATE_KEYS = frozenset({"model", "optimizer", "schedule", "scaler", "torch_rng", "fingerprint", "epoch", "history"})
@@ -51,6 +57,8 @@ class TrainResult:
     stopped_early: bool = False
     notes: list[str] = field(default_factory=list)
     sample: str | None = None  # lm: text drawn from the best model
+    selection: str = ""  # the rule that chose the best epoch, in words
+    stop_reason: str | None = None  # why training ended before --epochs (patience, time budget)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -58,8 +66,10 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "monitor": self.monitor,
+            "selection": self.selection,
             "metrics": self.best,
             "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
             "checkpoint": str(self.out / "model.pt"),
             "notes": self.notes,
             **({"sample": self.sample} if self.sample is not None else {}),
@@ -162,12 +172,19 @@ class _Run:
         if not self.has_val:
             log(f"no validation data: the best epoch is chosen by training loss, not {self.monitor}")
             self.monitor, self.mode = "loss", "min"
+        weights = class_weights(config.train.class_weight, self.task, labels, prepared.train)
+        if weights is not None:
+            log(describe(weights, labels))
+        self.class_weight = torch.from_numpy(weights).to(device) if weights is not None else None
+        self.warmup_steps = config.train.warmup * _batches_per_epoch(prepared.train, config.train)
+        self.steps_done = 0  # optimizer steps over the whole run (warm-up counts them)
         self.optimizer = build_optimizer(model.parameters(), config.train)
         self.schedule = build_schedule(self.optimizer, config.train, self.mode)
         self.amp = config.train.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0  # epochs completed
         self.best_value: float | None = None
+        self.best_loss = math.inf  # the best epoch's loss: the tie-breaker
         self.best_epoch = 0
         self.best_metrics: dict[str, float] = {}
         self.bad_epochs = 0
@@ -218,6 +235,8 @@ class _Run:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         for key in ("epoch", "best_value", "best_epoch", "best_metrics", "bad_epochs", "history"):
             setattr(self, key, state[key])
+        self.best_loss = state.get("best_loss", math.inf)
+        self.steps_done = state.get("steps_done", 0)
         self.log(f"resuming {self.out} after epoch {self.epoch}")
 
     def _save_state(self) -> None:  # plain values only, so that restore can load with weights_only
@@ -236,6 +255,8 @@ class _Run:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "fingerprint": self.fingerprint,
                 **{k: getattr(self, k) for k in ("epoch", "best_value", "best_epoch", "best_metrics", "bad_epochs")},
+                "best_loss": self.best_loss,
+                "steps_done": self.steps_done,
                 "history": self.history,
             },
         )
@@ -246,12 +267,18 @@ class _Run:
         for note in self.data.notes:
             self.log(note)
         stopped_early = self.bad_epochs >= (tcfg.patience or math.inf)
+        stop_reason = "patience" if stopped_early else None
+        self.log(f"best epoch chosen by {self.selection()}")
+        started_at, epoch_seconds = time.perf_counter(), []
         if self.world.active:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.model, device_ids=ids)
         while self.epoch < tcfg.epochs and not stopped_early:
+            if self._out_of_time(started_at, epoch_seconds):
+                stopped_early, stop_reason = True, "time budget"
+                break
             started = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_metrics = self._run_epoch(self.data.train, training=True)
@@ -263,10 +290,12 @@ class _Run:
                 record.update({f"val_{k}": v for k, v in watched.items()})
             value = watched[self.monitor]
             record["seconds"] = time.perf_counter() - started
+            epoch_seconds.append(record["seconds"])
             self.epoch += 1
-            improved = self.best_value is None or better(value, self.best_value, self.mode)
+            improved = self._improved(watched)
             if improved:
                 self.best_value, self.best_epoch, self.best_metrics, self.bad_epochs = value, self.epoch, watched, 0
+                self.best_loss = watched.get("loss", math.inf)
                 if self.world.main:
                     ckpt.atomic_torch_save(self.out / "model.pt", self.model.state_dict())
             else:
@@ -283,8 +312,15 @@ class _Run:
             if on_epoch_end is not None:
                 on_epoch_end(self.epoch, record)
             stopped_early = tcfg.patience is not None and self.bad_epochs >= tcfg.patience
-        if stopped_early:
+            stop_reason = "patience" if stopped_early else None
+        if stop_reason == "patience":
             self.log(f"early stop: {self.monitor} did not improve for {tcfg.patience} epochs")
+        elif stop_reason == "time budget":
+            spent = time.perf_counter() - started_at
+            self.log(
+                f"time budget: stopped after epoch {self.epoch} ({spent:.0f} s of {tcfg.max_time:g} s; "
+                f"another epoch takes about {np.mean(epoch_seconds):.0f} s); keeping the best epoch {self.best_epoch}"
+            )
         result = TrainResult(
             out=self.out,
             epochs_run=self.epoch,
@@ -294,6 +330,8 @@ class _Run:
             history=self.history,
             stopped_early=stopped_early,
             notes=list(self.data.notes),
+            selection=self.selection(),
+            stop_reason=stop_reason,
         )
         if not self.world.main:
             return result
@@ -301,6 +339,32 @@ class _Run:
             result.sample = self._sample()
         atomic_write_json(self.out / "metrics.json", {"history": self.history, "summary": result.summary()})
         return result
+
+    def selection(self) -> str:
+        where = "val_" if self.has_val else "train_"
+        rule = f"{where}{self.monitor} ({self.mode})"
+        if self.cfg.train.min_delta:
+            rule += f", gains over {self.cfg.train.min_delta:g}"
+        if self.monitor != "loss":
+            rule += f", ties broken by lower {where}loss"
+        return rule
+
+    def _improved(self, watched: dict[str, float]) -> bool:
+        tie_break = watched.get("loss", math.inf) if self.monitor != "loss" else None
+        return improves(
+            watched[self.monitor], tie_break, self.best_value, self.best_loss, self.mode, self.cfg.train.min_delta
+        )
+
+    def _out_of_time(self, started_at: float, epoch_seconds: list[float]) -> bool:
+        """Whether the next epoch (as long as the mean so far) would end past train.max_time.
+        The first epoch always runs; every rank of a DDP group follows rank 0's clock."""
+        budget = self.cfg.train.max_time
+        if budget is None or not epoch_seconds:
+            return False
+        late = time.perf_counter() - started_at + float(np.mean(epoch_seconds)) > budget
+        if self.world.active:
+            late = distributed.all_sum(self.world, [float(late and self.world.main)], self.device)[0] > 0
+        return late
 
     def _sample(self) -> str:
         from toolkit.core.sampling import Sampling
@@ -327,20 +391,46 @@ class _Run:
             progress=self.progress,
             desc=f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate",
             label_smoothing=tcfg.label_smoothing,
+            class_weight=self.class_weight,
             world=self.world if training else None,
             forward=self.forward if training else None,
         )
 
     def _step(self, loss: torch.Tensor) -> float:
-        """One optimizer step; returns the gradient norm before clipping."""
+        """One optimizer step; returns the gradient norm before clipping. During warm-up the
+        step runs at a share of the scheduled rate, which is put back after it (so the epoch
+        schedules, which read the group's rate, never see the warm-up)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.clip if self.cfg.train.clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.steps_done += 1
+        share = min(1.0, self.steps_done / self.warmup_steps) if self.warmup_steps else 1.0
+        scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= share
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        for group, lr in zip(self.optimizer.param_groups, scheduled, strict=True):
+            group["lr"] = lr
         return float(norm)
+
+
+def improves(
+    value: float, loss: float | None, best_value: float | None, best_loss: float, mode: str, min_delta: float
+) -> bool:
+    """Whether an epoch beats the best so far: its monitored `value` gains more than
+    `min_delta`, or it ties (gains 0..min_delta) and its `loss` (the tie-breaker; None for none)
+    is lower than the best epoch's. The first epoch is the best so far, even if nan."""
+    if best_value is None:
+        return True
+    if math.isnan(value) or math.isnan(best_value):
+        return better(value, best_value, mode)
+    gain = (value - best_value) if mode == "max" else (best_value - value)
+    if gain > min_delta:
+        return True
+    return gain >= 0 and loss is not None and loss < best_loss
 
 
 def run_pass(
@@ -356,6 +446,7 @@ def run_pass(
     progress: bool = False,
     desc: str = "",
     label_smoothing: float = 0.0,
+    class_weight: torch.Tensor | None = None,
     world: distributed.World | None = None,
     forward: Callable | None = None,
 ) -> dict[str, float]:
@@ -391,7 +482,7 @@ def run_pass(
             steps += int(item.lengths.sum())
         with torch.set_grad_enabled(training), torch.autocast("cuda", enabled=amp):
             y, state = (forward or model)(inputs, lengths, targets if sequences else state if streaming else None)
-            loss_sum, count = task_loss(model, task, y, targets, lengths, label_smoothing)
+            loss_sum, count = task_loss(model, task, y, targets, lengths, label_smoothing, class_weight)
         loss_value = float(loss_sum.detach())
         if sharded:  # the group's loss and count; gradients averaged by DDP over the ranks
             loss_value, total, steps_all = distributed.all_sum(
@@ -428,13 +519,22 @@ def task_loss(
     targets: torch.Tensor,
     lengths: torch.Tensor | None,
     label_smoothing: float = 0.0,
+    class_weight: torch.Tensor | None = None,
 ):
-    """Summed loss and the count it is summed over (so batches of any size average right)."""
+    """Summed loss and the count it is summed over (so batches of any size average right).
+    Class weights average 1 over the training targets, so the count stays the number of targets."""
     y = y.float()
     if tasks.of(task).loss == "cross_entropy":  # per sequence or per step; padded steps ignored
         flat = targets.reshape(-1)
         logits = y.reshape(flat.shape[0], -1)
-        loss = F.cross_entropy(logits, flat, ignore_index=PAD_TARGET, reduction="sum", label_smoothing=label_smoothing)
+        loss = F.cross_entropy(
+            logits,
+            flat,
+            weight=class_weight,
+            ignore_index=PAD_TARGET,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
         return loss, int((flat != PAD_TARGET).sum())
     # squared_error: on the normalised scale, padded steps masked out
     err = (model.normalised(y) - model.normalised(targets.float())) ** 2
@@ -461,6 +561,14 @@ def _score_decoded(model, metrics, batch) -> None:
     hypotheses = translate(model, sources, Search(beam=1), batch_size=len(sources))
     references = [[int(t) for t in row if t >= 0][:-1] for row in batch.targets]  # without <eos>
     metrics.update([h[0].tokens for h in hypotheses], references)
+
+
+def _batches_per_epoch(train: SequenceDataset | StreamDataset, tcfg) -> int:
+    """Optimizer steps in one epoch: what `bucket_batches` / `stream_windows` will cut."""
+    if isinstance(train, StreamDataset):
+        rows = max(1, min(tcfg.batch_size, len(train)))
+        return math.ceil((len(train) // rows) / tcfg.bptt)
+    return math.ceil(len(train) / tcfg.batch_size)
 
 
 def _step_mask(lengths: torch.Tensor, total: int, device) -> torch.Tensor:
