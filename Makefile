@@ -49,4 +49,4 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint --failure-threshold style deploy/image/Containerfile
 
 clean:
-	rm -rf $(VENV) .venv-triton .pytest_cache runs mlruns mlflow.db
+	rm -rf $(VENV) .venv-triton .pytest_cache runs mlruns mlflow.db optuna.db

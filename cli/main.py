@@ -16,6 +16,7 @@ from toolkit.core.devices import RUNTIME_DEVICES
     cls=LazyGroup,
     lazy_commands={
         "train": ("cli.train", "train"),
+        "tune": ("cli.tune", "tune"),
         "evaluate": ("cli.evaluate", "evaluate"),
         "export": ("cli.export", "export"),
         "verify": ("cli.export", "verify"),

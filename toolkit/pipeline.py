@@ -85,10 +85,15 @@ def run(
     progress: bool = False,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     on_trained: Callable[[Any], None] | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> Outcome:
     """Train as `config` says, then (by default) export and certify the bundle into OUT/bundle,
     record the run and its model in MLflow, and register it under `register` with `aliases`.
-    `on_trained(train_result)` runs between training and export (the CLI prints the scores there)."""
+    `on_trained(train_result)` runs between training and export (the CLI prints the scores there);
+    `on_epoch_end(epoch, record)` after each epoch, once MLflow has it (a tuner prunes there: an
+    exception with a `run_status` attribute ends the MLflow run with that status, e.g. KILLED);
+    `run_tags` are set on a new MLflow run (e.g. mlflow.parentRunId)."""
     from toolkit.train.distributed import world
     from toolkit.train.loop import train
 
@@ -110,7 +115,7 @@ def run(
     if mlflow:
         from toolkit.tracking.training import Tracker
 
-        tracker = Tracker(config, tracking_uri, experiment, resume=resume, log=log)
+        tracker = Tracker(config, tracking_uri, experiment, resume=resume, log=log, tags=run_tags)
     with _aborting(tracker, lambda: _training_hint(config)):
         result = train(
             config,
@@ -118,7 +123,7 @@ def run(
             progress=progress,
             log=log,
             on_start=tracker.start if tracker else None,  # after the data and config checks
-            on_epoch_end=tracker.on_epoch_end if tracker else None,
+            on_epoch_end=_chained(tracker.on_epoch_end if tracker else None, on_epoch_end),
         )
     outcome = Outcome(result, main=main)
     if on_trained is not None:
@@ -137,9 +142,23 @@ def run(
     return outcome
 
 
+def _chained(*callbacks):
+    """One on_epoch_end that calls each given callback in turn (None when none is given)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def each(epoch: int, record: dict[str, Any]) -> None:
+        for callback in given:
+            callback(epoch, record)
+
+    return each
+
+
 class _aborting:
     """Ends the MLflow run as KILLED on Ctrl-C (raising Interrupted with `hint()`) and as FAILED on
-    any other error, which goes on up."""
+    any other error, which goes on up; an error that carries a `run_status` (a pruned trial: KILLED)
+    ends it with that status instead."""
 
     def __init__(self, tracker, hint: Callable[[], str]):
         self.tracker, self.hint = tracker, hint
@@ -152,7 +171,7 @@ class _aborting:
             return False
         interrupted = issubclass(kind, KeyboardInterrupt)
         if self.tracker:
-            self.tracker.abort("KILLED" if interrupted else "FAILED")
+            self.tracker.abort("KILLED" if interrupted else getattr(error, "run_status", "FAILED"))
         if interrupted:
             raise Interrupted(self.hint()) from None
         return False
@@ -166,14 +185,19 @@ def _training_hint(config: Config) -> str:
 
 
 def _register(tracker, name: str, aliases: tuple[str, ...], out: Path) -> dict:
-    from toolkit.core.bundle import read_manifest
-    from toolkit.tracking.registry import register
-
     if tracker.model_info is None:
         raise NotRegistered(
             f"not registered: MLflow failed ({tracker.failed}); the run directory is kept; "
             f"once MLflow works: rnnkit register {out}/bundle --name {name}"
         )
-    manifest = read_manifest(out / "bundle")
-    version = register(tracker.model_info.model_uri, name, aliases, parity=manifest["parity"])
+    return register_logged(tracker.model_info.model_uri, out / "bundle", name, aliases)
+
+
+def register_logged(model_uri: str, bundle: Path, name: str, aliases: tuple[str, ...]) -> dict:
+    """A new version of `name` from the logged model of `bundle`, with the bundle's parity verdict
+    as version tags and `aliases` pointed at it; what the summaries show of it."""
+    from toolkit.core.bundle import read_manifest
+    from toolkit.tracking.registry import register
+
+    version = register(model_uri, name, aliases, parity=read_manifest(bundle)["parity"])
     return {"name": name, "version": int(version.version), "aliases": list(aliases)}

@@ -78,8 +78,10 @@ class Tracker:
         experiment: str | None = None,
         resume: bool = False,
         log: Callable[[str], None] = print,
+        tags: dict[str, str] | None = None,
     ):
         self.config = config
+        self.tags = tags  # set on a new run (a tuning trial: mlflow.parentRunId, its study and number)
         self.given_uri = tracking_uri
         self.resume = resume
         self.log = log
@@ -121,7 +123,8 @@ class Tracker:
         def begin():
             mlflow.set_experiment(self.experiment)
             run_id = previous.get("run_id") if same_store else None
-            run = mlflow.start_run(run_id=run_id, run_name=None if run_id else Path(cfg.train.out).name)
+            name = None if run_id else (self.tags or {}).get("mlflow.runName", Path(cfg.train.out).name)
+            run = mlflow.start_run(run_id=run_id, run_name=name, tags=None if run_id else self.tags)
             self.run_id = run.info.run_id
             Path(cfg.train.out).mkdir(parents=True, exist_ok=True)
             atomic_write_json(link, {"run_id": self.run_id, "tracking_uri": self.tracking_uri})
