@@ -47,7 +47,8 @@ class RecurrentEncoder(nn.Module):
         its outputs or final state, in either direction (the backward pass starts at the
         sequence's own last step). None means every sequence fills all T steps.
         `pooled` is the many-to-one summary: the top layer's output at each sequence's last real
-        step (unidirectional), or the final state of each direction, merged (bidirectional).
+        step (unidirectional), or the final state of each direction, merged (bidirectional); with
+        `pool` mean or max, the mean or maximum of the top layer's outputs over the real steps.
         """
         new_state: State = []
         total = x.shape[1]
@@ -80,6 +81,15 @@ class RecurrentEncoder(nn.Module):
         return out
 
     def _pool(self, outputs: torch.Tensor, h_top: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.pool != "last":  # over every real step: gradients reach each step directly
+            if lengths is None:
+                return outputs.mean(dim=1) if self.cfg.pool == "mean" else outputs.amax(dim=1)
+            steps = torch.arange(outputs.shape[1], device=outputs.device)
+            real = (steps[None, :] < lengths.to(outputs.device)[:, None]).unsqueeze(-1)  # [B, T, 1]
+            if self.cfg.pool == "mean":
+                count = real.sum(dim=1).clamp(min=1).to(outputs.dtype)
+                return torch.where(real, outputs, 0.0).sum(dim=1) / count
+            return torch.where(real, outputs, float("-inf")).amax(dim=1)
         if self.cfg.bidirectional:
             # h_top [2, B, H]: forward final state (its last real step) and backward (step 0).
             if self.cfg.merge == "sum":
