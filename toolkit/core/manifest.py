@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from toolkit.core import tasks
+from toolkit.core.streaming import whole_sequences_only
 
 MAX_VOCAB = 2**24
 MAX_WIDTH = 2**16  # features per step, hidden units, targets
@@ -50,14 +51,20 @@ class FeaturesInput(Strict):
     kind: Literal["features"]
     name: Literal["features"]
     num_features: Count
-    mean: list[Finite]
+    mean: list[Finite]  # the training data's; applied only when normalize is dataset
     std: list[Positive]
     note: StrictStr | None = None
+    # sequence: each sequence by its own mean and std, with this eps (toolkit.core.normalize).
+    # Written only then, so that readers from before it read every other bundle as they did.
+    normalize: Literal["dataset", "sequence"] = "dataset"
+    normalize_eps: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def sized(self):
         if not len(self.mean) == len(self.std) == self.num_features:
             raise ValueError(f"mean and std must each have num_features ({self.num_features}) values")
+        if (self.normalize == "sequence") != (self.normalize_eps is not None):
+            raise ValueError("normalize_eps is given exactly when normalize is sequence")
         return self
 
 
@@ -150,12 +157,16 @@ class Manifest(Strict):
     def consistent(self):
         if tasks.of(self.task).predicts == "sequences":
             return self._consistent_seq2seq()
-        if self.model.bidirectional != (self.state is None):
-            raise ValueError("state must be null exactly when the model is bidirectional")
+        whole = whole_sequences_only(self.model.bidirectional, getattr(self.input, "normalize", "dataset"))
+        if (whole is not None) != (self.state is None):
+            raise ValueError(
+                "state must be null exactly when the model reads whole sequences only (bidirectional, or features "
+                "normalised per sequence)"
+            )
         if not {"model.onnx"} <= set(self.graphs) <= {"model.onnx", "step.onnx"}:
-            raise ValueError("graphs must be model.onnx, and step.onnx for a unidirectional model")
+            raise ValueError("graphs must be model.onnx, and step.onnx for a model that streams")
         if (self.state is None) == ("step.onnx" in self.graphs):
-            raise ValueError("a bundle has step.onnx and a state spec together (unidirectional) or neither")
+            raise ValueError("a bundle has step.onnx and a state spec together (a model that streams) or neither")
         columns = self.reader.columns if self.reader is not None else None
         if columns is not None and len(columns) != getattr(self.input, "num_features", None):
             raise ValueError("reader.columns must name each of the input's features (num_features of them)")

@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 import torch
 
-from toolkit.core import tasks
+from toolkit.core import normalize, tasks
 from toolkit.core.atomic import atomic_write_bytes
 from toolkit.core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, BundleError, sha256, write_bundle
 from toolkit.core.data import pad_batch
+from toolkit.core.streaming import whole_sequences_only
 from toolkit.core.versions import installed
 from toolkit.export import parity, seq2seq_parity
 from toolkit.export import precision as precisions
@@ -67,7 +68,7 @@ def export(
         report = certify_seq2seq(model, blobs, *sizes, seed, sources)
     else:
         builders = {"model.onnx": build_full_graph}
-        if not config.model.bidirectional:
+        if not _whole_sequences(config.model):
             builders["step.onnx"] = build_step_graph
         args = weights, config.model, input_spec, output_spec
         fp32 = {name: build(*args, opset=opset).SerializeToString() for name, build in builders.items()}
@@ -81,7 +82,8 @@ def export(
         batch = pad_batch(examples, np.arange(len(examples))) if examples else None
         sample_data = (batch.inputs, batch.lengths) if batch is not None else None
         providers = providers_for(precision)
-        report = certify(model, blobs, input_spec.to_dict(), model.per_step, seed, sample_data, rule, providers)
+        inputs = {**input_spec.to_dict(), "normalize": config.model.normalize}  # what InputMaker draws
+        report = certify(model, blobs, inputs, model.per_step, seed, sample_data, rule, providers)
         if precision != "fp32":
             data, name = _labelled(eval_data, config, input_spec, output_spec, precision)
             report.metric = precisions.metric_check(
@@ -104,7 +106,7 @@ def check_precision(precision: str, config):
     PrecisionError saying why not (toolkit.export.precision.check)."""
     model = config.model
     cuda = "CUDAExecutionProvider" in providers_for()
-    return precisions.check(precision, model.cell, config.task, cuda, model.bidirectional)
+    return precisions.check(precision, model.cell, config.task, cuda, model.bidirectional, model.normalize)
 
 
 def _labelled(eval_data, config, input_spec, output_spec, precision: str):
@@ -297,6 +299,10 @@ def reader_spec(config, input_spec) -> dict:
     return {**spec, "columns": input_spec.columns} if input_spec.columns is not None else spec
 
 
+def _whole_sequences(cfg) -> bool:
+    return whole_sequences_only(cfg.bidirectional, cfg.normalize) is not None
+
+
 def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir) -> dict:
     cfg = config.model
     if input_spec.kind == "tokens":
@@ -310,6 +316,9 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
     else:
         inp = {"kind": "features", "name": "features", "num_features": input_spec.num_features}
         inp.update(mean=input_spec.mean, std=input_spec.std, note="raw values; the graph normalises them")
+        if cfg.normalize == normalize.SEQUENCE:  # mean/std: the training data's, not applied
+            note = "raw values; the graph scales each sequence by its own mean and std over its real steps"
+            inp.update(note=note, normalize=cfg.normalize, normalize_eps=normalize.EPS)
     seq2seq = tasks.of(config.task).predicts == "sequences"
     if seq2seq:
         vocab = output_spec.target_vocab.to_json()
@@ -340,7 +349,7 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
         "input": inp,
         "output": out,
         "reader": reader_spec(config, input_spec),
-        "state": state_spec(cfg.decoder()) if seq2seq else None if cfg.bidirectional else state_spec(cfg),
+        "state": state_spec(cfg.decoder()) if seq2seq else None if _whole_sequences(cfg) else state_spec(cfg),
         "precision": report.rule.precision,
         "opset": opset,
         "graphs": {

@@ -16,7 +16,10 @@ Two graphs (names of inputs and outputs are the bundle's contract with the runti
   Each sequence b uses steps 0..lengths[b]-1 only; padding never reaches a real position, in
   either direction (the backward direction starts at each sequence's own last step). Every
   length must lie in 1..time (onnxruntime refuses 0).
-- `step.onnx` (`build_step_graph`), unidirectional models only:
+  Features normalised per sequence (`model.normalize: sequence`, toolkit.core.normalize) are
+  scaled by each sequence's own mean and std over its real steps, as nodes (below).
+- `step.onnx` (`build_step_graph`), models that can stream only (toolkit.core.streaming: not
+  bidirectional, not normalised per sequence):
   chunk (`tokens` [batch, chunk] | `features` [batch, chunk, F]), `h` [L, batch, H]
   (+ `c` for LSTM) -> per-step `logits` | `values` [batch, chunk, K], `h_next` (+ `c_next`).
   Per-sequence heads (classify, regress) give at every step the prediction for the sequence
@@ -27,6 +30,9 @@ initial states sliced from `h`/`c`):
 
     tokens -> Gather(embedding) | features (-> Sub(mean) when a mean is far from 0)   [B, T, I]
        (1/std, and the mean when it is not subtracted, are folded into layer 0's weights)
+       | per sequence: d = (features - features[:, :1]) * mask, mask = step < lengths;
+         c = (d - ReduceSum_t(d) / n) * mask, n = ReduceSum_t(mask); c / Sqrt(ReduceSum_t(c*c) / n + eps)
+         (Where, not *, applies the mask: see `_normalise_sequences`)
     -> Transpose -> [T, B, I]
     -> per layer i: RNN|LSTM|GRU(W, R, B, sequence_lens=Cast(lengths, int32)) -> Y [T, D, B, H]
        -> Squeeze (one direction) | Transpose+Reshape [T, B, 2H] (concat) | ReduceSum (sum)
@@ -51,10 +57,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from toolkit.core import tasks
+from toolkit.core import normalize, tasks
 from toolkit.core.config import ModelConfig
 from toolkit.core.data.types import InputSpec, OutputSpec
 from toolkit.core.errors import RnnkitError
+from toolkit.core.streaming import whole_sequences_only
 from toolkit.export.layout import GATES, gru_to_onnx, lstm_to_onnx, rnn_to_onnx
 
 __all__ = [
@@ -82,7 +89,7 @@ class ExportGraphError(RnnkitError, ValueError):
 
 
 class StepGraphError(ExportGraphError):
-    """A step graph was asked of a model that cannot be streamed (a bidirectional one)."""
+    """A step graph was asked of a model that cannot be streamed (toolkit.core.streaming)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,9 +109,7 @@ def build_full_graph(
     `fold=False`: feature normalisation as nodes, not folded into layer 0 (`_Plan.fold`)."""
     plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold)
     g = _GraphBuilder()
-    x = _input_layer(g, plan, weights)
-    if not plan.fold and not plan.tokens:
-        x = _zero_padding(g, x)
+    x = _input_layer(g, plan, weights, padded=True)
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
     seq = g.one("Cast", ["lengths"], "sequence_lens", to=TensorProto.INT32)
     top, finals = _encoder(g, plan, weights, x, seq, state=None)
@@ -139,12 +144,11 @@ def build_step_graph(
     fold: bool = True,
 ) -> onnx.ModelProto:
     """`step.onnx`: one chunk of a stream (any length >= 1) with the recurrent state carried."""
-    if cfg.bidirectional:
+    why = whole_sequences_only(cfg.bidirectional, cfg.normalize)
+    if why:
         raise StepGraphError(
-            "no step graph for a bidirectional model: its backward direction reads each sequence from its "
-            "end, so no output is final until the whole sequence has arrived (the model sees the future) "
-            "and it cannot be streamed. Stream a unidirectional model (bidirectional: false), or run this "
-            "one on whole sequences with model.onnx."
+            f"no step graph: {why} (the model sees the future). Stream a unidirectional model normalised by the "
+            "dataset (bidirectional: false, normalize: dataset), or run this one on whole sequences with model.onnx."
         )
     plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold)
     g = _GraphBuilder()
@@ -214,6 +218,11 @@ class _Plan:
         return 2 if self.cfg.bidirectional else 1
 
     @property
+    def per_sequence(self) -> bool:
+        """Features normalised by each sequence's own mean and std (nodes; nothing folded)."""
+        return not self.tokens and self.cfg.normalize == normalize.SEQUENCE
+
+    @property
     def values(self) -> bool:
         """Regression: raw-unit values out (the target scale folded into the head)."""
         return tasks.of(self.task).predicts == "values"
@@ -229,6 +238,7 @@ class _Plan:
         kind = "bidirectional" if cfg.bidirectional else "unidirectional"
         extra = f", merge={cfg.merge}" if cfg.bidirectional else ""
         extra += ", residual" if cfg.residual and cfg.num_layers > 1 else ""
+        extra += ", features normalised per sequence" if self.per_sequence else ""
         return (
             f"{self.task} model ({'tokens' if self.tokens else 'features'} in), {kind} {cell}, "
             f"{cfg.num_layers} layer(s) x hidden_size {cfg.hidden_size}{extra}"
@@ -383,16 +393,20 @@ def _input_info(plan: _Plan, time: str) -> onnx.ValueInfoProto:
     )
 
 
-def _input_layer(g: _GraphBuilder, plan: _Plan, weights) -> str:
-    """Input -> [B, T, I]: embedding lookup, or the raw features, centred here when the mean
-    is too large to fold (`_centred_in_graph`); the rest of the normalisation is folded into
-    layer 0's weights (`_fold_normalisation`)."""
+def _input_layer(g: _GraphBuilder, plan: _Plan, weights, padded: bool = False) -> str:
+    """Input -> [B, T, I]: embedding lookup, features normalised per sequence, or the raw
+    features, centred here when the mean is too large to fold (`_centred_in_graph`); the rest of
+    the normalisation is folded into layer 0's weights (`_fold_normalisation`). `padded` (the
+    full graph): normalisation as nodes leaves padded steps 0 (`_zero_padding`)."""
     if plan.tokens:
         return g.one("Gather", [g.const("embedding.weight", weights["embedding.weight"]), "tokens"], "embedded")
+    if plan.per_sequence:
+        return _normalise_sequences(g, "features")
     if not plan.fold:
         centred = g.one("Sub", ["features", g.const("feature_mean", weights["feature_mean"])], "centred")
         inverse = 1.0 / np.asarray(weights["feature_std"], dtype=np.float64)
-        return g.one("Mul", [centred, g.const("feature_inverse_std", inverse)], "normalised")
+        normalised = g.one("Mul", [centred, g.const("feature_inverse_std", inverse)], "normalised")
+        return _zero_padding(g, normalised) if padded else normalised
     if _centred_in_graph(weights):
         return g.one("Sub", ["features", g.const("feature_mean", weights["feature_mean"])], "centred")
     return "features"
@@ -403,6 +417,32 @@ def _zero_padding(g: _GraphBuilder, x: str) -> str:
     ignore them anyway, but int8 graphs quantize x with one range per call, and normalised
     padding (0 - mean) / std (-129 for a feature at -37 +- 0.28) would stretch that range and
     coarsen every real step."""
+    mask = g.one("Cast", [_real_steps(g, x)], "real_steps_float", to=TensorProto.FLOAT)
+    return g.one("Mul", [x, mask], "unpadded")
+
+
+def _normalise_sequences(g: _GraphBuilder, x: str) -> str:
+    """x [B, T, F] scaled by each sequence's own mean and std per feature over its real steps,
+    about its first step (toolkit.core.normalize): ReduceSums over time of the real steps,
+    divided by their number. Padding is left out by Where (a product with a 0/1 mask would let
+    an inf or NaN there through) and comes out 0, as int8 graphs need (`_zero_padding`)."""
+    real = _real_steps(g, x)
+    zero = g.const("norm.zero", 0.0)
+    time = g.ints("norm.time_axis", [1])
+    first = g.one("Slice", [x, g.ints("norm.first", [0]), g.ints("norm.second", [1]), time], "norm.first_step")
+    d = g.one("Where", [real, g.one("Sub", [x, first], "norm.shifted"), zero], "norm.shifted_real")
+    count = g.one("Cast", [real], "norm.real_float", to=TensorProto.FLOAT)
+    count = g.one("ReduceSum", [count, time], "norm.count", keepdims=1)
+    mean = g.one("Div", [g.one("ReduceSum", [d, time], "norm.sum", keepdims=1), count], "norm.mean")
+    centred = g.one("Where", [real, g.one("Sub", [d, mean], "norm.centred"), zero], "norm.centred_real")
+    squares = g.one("Mul", [centred, centred], "norm.squares")
+    variance = g.one("Div", [g.one("ReduceSum", [squares, time], "norm.sum_squares", keepdims=1), count], "norm.var")
+    std = g.one("Sqrt", [g.one("Add", [variance, g.const("norm.eps", normalize.EPS)], "norm.var_eps")], "norm.std")
+    return g.one("Div", [centred, std], "normalised")
+
+
+def _real_steps(g: _GraphBuilder, x: str) -> str:
+    """bool [B, T, 1]: whether step t is a real step of sequence b of x [B, T, F] (t < lengths[b])."""
     time = g.one("Gather", [g.one("Shape", [x], "x_shape"), g.const("mask.time_axis", 1, np.int64)], "x_time")
     steps = g.one("Range", [g.const("mask.first", 0, np.int64), time, g.const("mask.stride", 1, np.int64)], "steps")
     real = g.one(
@@ -411,9 +451,7 @@ def _zero_padding(g: _GraphBuilder, x: str) -> str:
          g.one("Unsqueeze", ["lengths", g.const("mask.axis1", [1], np.int64)], "lengths_column")],
         "real_steps",
     )  # fmt: skip
-    mask = g.one("Cast", [real], "real_steps_float", to=TensorProto.FLOAT)
-    mask = g.one("Unsqueeze", [mask, g.const("mask.axis2", [2], np.int64)], "real_steps_mask")
-    return g.one("Mul", [x, mask], "unpadded")
+    return g.one("Unsqueeze", [real, g.const("mask.axis2", [2], np.int64)], "real_steps_mask")
 
 
 # Folding the mean makes layer 0 compute (W / std) x - W (mean / std): when a feature's |mean|
@@ -437,7 +475,7 @@ def _layer_weights(g: _GraphBuilder, plan: _Plan, weights, i: int, module: str =
     for s in ["", "_reverse"][: plan.directions]:
         names = (f"{p}weight_ih_l0{s}", f"{p}weight_hh_l0{s}", f"{p}bias_ih_l0{s}", f"{p}bias_hh_l0{s}")
         arrays = [np.asarray(weights[n], dtype=np.float64) if n in weights else None for n in names]
-        if i == 0 and not plan.tokens and plan.fold:
+        if i == 0 and not plan.tokens and plan.fold and not plan.per_sequence:
             arrays[0], arrays[2] = _fold_normalisation(weights, arrays[0], arrays[2])
         per_direction.append(_TO_ONNX[plan.cfg.cell](*arrays))
     return [g.const(f"layer{i}.{n}", np.stack([d[k] for d in per_direction])) for k, n in enumerate("WRB")]

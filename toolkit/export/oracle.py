@@ -39,6 +39,7 @@ __all__ = [
     "lstm_layer",
     "gru_layer",
     "stacked",
+    "normalise_sequences",
     "lstm_from_onnx",
     "gru_from_onnx",
     "rnn_from_onnx",
@@ -338,6 +339,27 @@ def stacked(x, layers, cell, lengths=None, bidirectional=False, nonlinearity="ta
 
 
 # --------------------------------------------------------------------------------------------
+# Per-sequence normalisation of features (model.normalize: sequence)
+# --------------------------------------------------------------------------------------------
+
+
+def normalise_sequences(x, lengths, eps: float) -> np.ndarray:
+    """Each sequence's features scaled by its own mean and population std over its real steps:
+    (x - mean) / sqrt(var + eps) per feature, padded steps 0. Taken about the sequence's first
+    step (x - x_0), which changes nothing in exact arithmetic and makes a constant series exactly 0
+    in float32 too (toolkit.core.normalize states the definition). x [B, T, F], in x's dtype;
+    lengths None: no padding."""
+    x = np.asarray(x)
+    lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
+    out = np.zeros_like(x)
+    for b, n in enumerate(lengths):
+        d = x[b, :n] - x[b, 0]
+        centred = d - d.mean(axis=0)
+        out[b, :n] = centred / np.sqrt((centred * centred).mean(axis=0) + eps)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # A whole rnnkit model from its ONNX graph's weights
 # --------------------------------------------------------------------------------------------
 
@@ -348,15 +370,26 @@ class GraphModel:
     `feature_mean` (features centred in the graph; the rest of the normalisation is folded into
     layer 0), `layer{i}.W/R/B` in ONNX layout [D, G*H, ...], `head.weight_t` [W, K] and
     `head.bias` (the regression target scale folded in). `model` is the manifest's model section.
+    `sequence_eps`: features normalised per sequence with this eps (the manifest's
+    `input.normalize_eps`), not by the graph's weights.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray], model: dict, tokens: bool, per_step: bool, dtype=np.float64):
+    def __init__(
+        self,
+        weights: dict[str, np.ndarray],
+        model: dict,
+        tokens: bool,
+        per_step: bool,
+        dtype=np.float64,
+        sequence_eps: float | None = None,
+    ):
         missing = [n for n in self.names(model, tokens) if n not in weights]
         if missing:
             raise KeyError(f"the graph has no initializer {', '.join(missing)}")
         self.w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items() if np.asarray(v).dtype.kind == "f"}
         self.dtype = dtype
         self.model, self.tokens, self.per_step = model, tokens, per_step
+        self.sequence_eps = sequence_eps
         self.directions = 2 if model["bidirectional"] else 1
 
     @staticmethod
@@ -384,6 +417,8 @@ class GraphModel:
     def _encode(self, x, lengths):
         if self.tokens:
             h = self.w["embedding.weight"][np.asarray(x)]
+        elif self.sequence_eps is not None:
+            h = normalise_sequences(np.asarray(x, dtype=self.dtype), lengths, self.sequence_eps)
         else:
             h = np.asarray(x, dtype=self.dtype) - self.w.get("feature_mean", self.dtype(0))
         return onnx_stack(self.w, self.model, h, lengths)

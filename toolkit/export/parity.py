@@ -2,9 +2,11 @@
 case held to a budget derived from what float32 itself does on that model and that input.
 
 Cases (README, "Parity budget"): batch sizes 1, 2, 7, 32; lengths 1, 2, 17 and a long one; padded
-batches of mixed lengths; the user's sample file when given; and, for unidirectional models, a
+batches of mixed lengths; the user's sample file when given; and, for models that stream, a
 long stream fed through step.onnx in chunks of 1, 3, 64 and random sizes, outputs and final
-state. Only real positions are compared (padding is undefined by contract).
+state. Models normalised per sequence add constant series (every feature, or some, constant)
+in a padded batch, and their inputs get an offset and scale of their own per sequence.
+Only real positions are compared (padding is undefined by contract).
 
 The budget (`Rule`). One fixed tolerance cannot be right: float32 carries about 7 digits, so a
 logit of 5 after 512 recurrent steps is only known to ~1e-5 and a regression value of 5,000 to
@@ -272,10 +274,11 @@ class OracleReference(Reference):
         weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
         tokens = manifest["input"]["kind"] == "tokens"
         model, per_step = manifest["model"], manifest["output"]["per_step"]
+        eps = manifest["input"].get("normalize_eps")  # features normalised per sequence
         copies = noise_weights(weights, rng, rule)
         try:
-            self.model = oracle.GraphModel(weights, model, tokens, per_step)
-            self.fp32 = [oracle.GraphModel(w, model, tokens, per_step, np.float32) for w in copies]
+            self.model = oracle.GraphModel(weights, model, tokens, per_step, sequence_eps=eps)
+            self.fp32 = [oracle.GraphModel(w, model, tokens, per_step, np.float32, eps) for w in copies]
         except KeyError as e:
             raise ValueError(f"model.onnx is not a graph rnnkit writes: {e.args[0]}") from None
 
@@ -288,18 +291,25 @@ class OracleReference(Reference):
 
 class InputMaker:
     """Fresh random inputs the model can take: token ids past the specials, or features drawn
-    around the training distribution (mean + std * N(0, 1))."""
+    around the training distribution (mean + std * N(0, 1)); for a model normalised per
+    sequence, each sequence also moved by its own offset (N(0, 3) stds) and scaled by its own
+    factor (e^N(0, 1)), what that normalisation takes away."""
 
     def __init__(self, manifest_input: dict, rng: np.random.Generator):
         self.spec, self.rng = manifest_input, rng
+        self.per_sequence = manifest_input.get("normalize") == "sequence"
 
     def __call__(self, batch: int, steps: int) -> np.ndarray:
         if self.spec["kind"] == "tokens":
             return self.rng.integers(1, self.spec["vocab_size"], size=(batch, steps), dtype=np.int64)
         mean = np.asarray(self.spec["mean"], dtype=np.float64)
         std = np.asarray(self.spec["std"], dtype=np.float64)
-        x = mean + std * self.rng.standard_normal((batch, steps, len(mean)))
-        return x.astype(np.float32)
+        z = self.rng.standard_normal((batch, steps, len(mean)))
+        if self.per_sequence:
+            z = 3.0 * self.rng.standard_normal((batch, 1, len(mean))) + z * np.exp(
+                self.rng.standard_normal((batch, 1, len(mean)))
+            )
+        return (mean + std * z).astype(np.float32)
 
 
 def fresh_seed(seed: int | None) -> int:
@@ -429,6 +439,8 @@ def all_cases(
     run = lambda x, lens: run_full(full, x, lens)  # noqa: E731
     cases = full_cases(run, reference, make_inputs, per_step, provider, rule, sample)
     cases.append(padding_case(run, reference, make_inputs, per_step, provider, rule))
+    if getattr(make_inputs, "per_sequence", False):
+        cases.append(constant_case(run, reference, make_inputs, per_step, provider, rule))
     if "step.onnx" in blobs:
         # bf16 bundles stream on ONNX Runtime at fp32 (toolkit.runtime.engine): certified where they run
         streams = "CPUExecutionProvider" if provider == OPENVINO else provider
@@ -453,6 +465,24 @@ def padding_case(run_full, reference: Reference, make_inputs, per_step: bool, pr
     shapes = {"inputs": list(x.shape), "lengths": lengths}
     name = "padded batch vs one at a time"
     return compare(name, "model.onnx", "model.onnx", provider, shapes, batched, alone, case_noise, rule)
+
+
+def constant_case(run_full, reference: Reference, make_inputs, per_step: bool, provider: str, rule: Rule = FP32):
+    """Features normalised per sequence: constant series (each one's normalised input is exactly
+    0, never NaN) of lengths 1..130 padded together, one of them constant in its first feature
+    only. Their values come from the model's inputs and include a large offset (1e4 stds)."""
+    lengths = [1, 2, 17, 64, 130, 9]
+    seqs = [np.repeat(make_inputs(1, 1)[0], n, axis=0) for n in lengths]
+    std = np.asarray(make_inputs.spec["std"], dtype=np.float32)
+    seqs[2] = seqs[2] + np.float32(1e4) * std  # far from the training data: still exactly 0
+    seqs[-1][:, 1:] = make_inputs(1, lengths[-1])[0][:, 1:]  # the other features vary
+    x, lens = pad(seqs)
+    got = real_positions(run_full(x, lens), lens, per_step)
+    want, runs = reference.outputs(x, lens)
+    want, runs = real_positions(want, lens, per_step), [real_positions(r, lens, per_step) for r in runs]
+    shapes = {"inputs": list(x.shape), "lengths": lengths}
+    name = "constant series, padded (normalised per sequence)"
+    return compare(name, "model.onnx", reference.name, provider, shapes, got, want, noise(runs, want), rule)
 
 
 def run_step(session, chunk: np.ndarray, state: dict | None):

@@ -88,6 +88,18 @@ BIDIRECTIONAL_BF16 = (
     "Export this model at fp32"
 )
 NO_BF16 = "bf16 bundles run on OpenVINO's CPU plugin where the CPU computes in bfloat16 (AVX512-BF16 or AMX): {why}"
+# Models normalised per sequence (toolkit.core.normalize): int8 keeps the normalisation nodes in
+# float32 and is certified; these two would compute it at their own precision.
+SEQUENCE_REFUSED = {
+    "fp16": "fp16 is not offered for models normalised per sequence: the graph sums each sequence's squared "
+    "deviations over time in the input's units, which overflows float16 (max 65504) for raw features that vary by "
+    "about 10 over a few hundred steps, and no GPU has yet certified the alternative (the normalisation kept in "
+    "float32). Export this model at fp32 (or int8 for an LSTM)",
+    "bf16": "bf16 is not offered for models normalised per sequence: OpenVINO computes the normalisation's sums "
+    "over time in bfloat16 and does not keep a constant series at exactly 0 (OpenVINO 2026.4: a GRU's outputs 0.15 "
+    "off on a constant series at 4e5, where torch's bfloat16 runs were 0.001 off; the certificate's budget 0.03). "
+    "Export this model at fp32",
+}
 NO_CUDA = (
     "fp16 bundles run and are certified on CUDA only (ONNX Runtime's CPU provider has no float16 recurrent "
     "kernels), and this machine has no working CUDA provider; export fp16 where a GPU is, or int8 for CPUs"
@@ -100,7 +112,9 @@ class PrecisionError(RnnkitError, ValueError):
     exit_code = 2
 
 
-def check(precision: str, cell: str, task: str, cuda: bool, bidirectional: bool = False) -> parity.Rule:
+def check(
+    precision: str, cell: str, task: str, cuda: bool, bidirectional: bool = False, normalize: str = "dataset"
+) -> parity.Rule:
     """The certificate's rule for `precision`, or a PrecisionError saying why this model or
     machine cannot have it."""
     if precision not in PRECISIONS:
@@ -122,6 +136,8 @@ def check(precision: str, cell: str, task: str, cuda: bool, bidirectional: bool 
         except ImportError:
             raise PrecisionError(NO_BF16.format(why="pip install 'rnnkit[openvino]'")) from None
         raise PrecisionError(NO_BF16.format(why="this CPU does not (OpenVINO reports no BF16); use fp32")) from None
+    if precision in SEQUENCE_REFUSED and normalize == "sequence":
+        raise PrecisionError(SEQUENCE_REFUSED[precision])
     if precision == "fp16" and not cuda:
         raise PrecisionError(NO_CUDA)
     return RULES[precision]

@@ -27,6 +27,7 @@ from toolkit.core.bundle import (
     read_regular,
 )
 from toolkit.core.jsontext import JSONTextError, parse
+from toolkit.core.streaming import of_manifest
 from toolkit.export import parity, seq2seq_parity
 from toolkit.runtime.engine import Engine
 
@@ -62,8 +63,8 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
         except ValueError as e:
             raise BundleError(f"{bundle}: {e}") from None
         return seq2seq_parity.certify(reference, blobs, *vocab_sizes, seed)
-    if "step.onnx" not in blobs and not manifest["model"]["bidirectional"]:
-        raise BundleError(f"{bundle}: a unidirectional model's bundle must hold step.onnx")
+    if "step.onnx" not in blobs and of_manifest(manifest) is None:
+        raise BundleError(f"{bundle}: the bundle of a model that streams must hold step.onnx")
     rng = np.random.default_rng(seed)
     make_inputs = parity.InputMaker(manifest["input"], rng)
     provider = "CPUExecutionProvider"

@@ -1,8 +1,9 @@
 """The sequence model: input layer -> recurrent encoder -> task head.
 
 Inputs are token ids (through an embedding whose <pad> row is zero) or real-valued feature
-vectors, normalised inside the model with the training set's mean/std so that exported graphs
-and the runtime take raw values. Heads:
+vectors, normalised inside the model so that exported graphs and the runtime take raw values:
+with the training set's mean/std (`model.normalize: dataset`), or each sequence by its own mean
+and std over its real steps (`sequence`, defined in toolkit.core.normalize). Heads:
 
 - classify: logits [B, C] from the pooled summary (many-to-one)
 - tag:      logits [B, T, K], one label per step (many-to-many)
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolkit.core import tasks
+from toolkit.core import normalize, tasks
 from toolkit.core.config import ModelConfig
 from toolkit.core.data.types import InputSpec, OutputSpec
 from toolkit.core.data.vocab import PAD_ID
@@ -29,6 +30,7 @@ class SequenceModel(nn.Module):
         self.cfg = cfg
         self.task = output_spec.task
         self.tokens = input_spec.kind == "tokens"
+        self.per_sequence = cfg.normalize == normalize.SEQUENCE
         if self.tokens:
             self.embedding = nn.Embedding(input_spec.size, cfg.embedding_dim, padding_idx=PAD_ID)
             input_size = cfg.embedding_dim
@@ -50,7 +52,12 @@ class SequenceModel(nn.Module):
         self, inputs: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
         """inputs int64 [B, T] or float [B, T, F]; lengths int64 [B] (None: no padding)."""
-        x = self.embedding(inputs) if self.tokens else (inputs - self.feature_mean) / self.feature_std
+        if self.tokens:
+            x = self.embedding(inputs)
+        elif self.per_sequence:
+            x = normalise_sequences(inputs, lengths)
+        else:
+            x = (inputs - self.feature_mean) / self.feature_std
         outputs, pooled, new_state = self.encoder(x, lengths, state)
         y = self.head(outputs if self.per_step else pooled)
         if self.values:
@@ -62,6 +69,22 @@ class SequenceModel(nn.Module):
         return (values - self.target_mean) / self.target_std
 
 
+def normalise_sequences(x: torch.Tensor, lengths: torch.Tensor | None, eps: float = normalize.EPS) -> torch.Tensor:
+    """x [B, T, F], each sequence by its own mean and std per feature over its real steps, about
+    its first step (toolkit.core.normalize); padded steps, whatever they hold, come out 0.
+    lengths None: no padding."""
+    if lengths is None:
+        real = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.bool, device=x.device)
+    else:
+        steps = torch.arange(x.shape[1], device=x.device)
+        real = (steps[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)  # [B, T, 1]
+    count = real.sum(dim=1, keepdim=True).to(x.dtype)
+    d = torch.where(real, x - x[:, :1], 0.0)
+    centred = torch.where(real, d - d.sum(dim=1, keepdim=True) / count, 0.0)
+    variance = (centred * centred).sum(dim=1, keepdim=True) / count
+    return centred / torch.sqrt(variance + eps)
+
+
 def _vector(values: list[float] | None, size: int, default: float) -> torch.Tensor:
     if values is None:
         return torch.full((size,), default)
@@ -70,6 +93,7 @@ def _vector(values: list[float] | None, size: int, default: float) -> torch.Tens
 
 def build_model(cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec) -> nn.Module:
     """The task's model: an encoder-decoder for tasks that predict sequences, else SequenceModel."""
+    normalize.check(cfg.normalize, output_spec.task, input_spec.kind)
     if tasks.of(output_spec.task).predicts == "sequences":
         from toolkit.models.seq2seq import Seq2SeqModel
 

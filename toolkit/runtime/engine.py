@@ -1,7 +1,8 @@
 """Running a bundle: full-sequence batch inference and stateful streams, with ONNX Runtime.
 
 - `Engine.infer(sequences)`: sorts by length, pads, passes `lengths`, and returns each
-  sequence's outputs in input order (bidirectional models run here). A seq2seq bundle
+  sequence's outputs in input order (models that read whole sequences only, bidirectional or
+  normalised per sequence, run here). A seq2seq bundle
   (encoder.onnx + decoder_step.onnx) decodes instead: each source's n-best hypotheses under a
   `Search` (greedy by default), batched across sources (`toolkit.runtime.seq2seq`).
 - `Engine.stream()`: a `Stream` holding its own state; `push(chunk)` returns the outputs of
@@ -30,6 +31,7 @@ from toolkit.core.bundle import BundleError, read_graph, read_manifest
 from toolkit.core.data.batching import pad
 from toolkit.core.errors import RnnkitError, first_line
 from toolkit.core.search import Search
+from toolkit.core.streaming import of_manifest
 from toolkit.runtime.openvino import OpenVINOSession, bf16_works
 from toolkit.runtime.providers import DeviceError, cuda_works, make_session
 from toolkit.runtime.seq2seq import PER_SOURCE, Translator
@@ -121,10 +123,7 @@ class Engine:
         instead = f"`rnnkit infer {self.path} --input FILE` or POST them to /v1/infer"
         if self.translator is not None:
             return f"a seq2seq model decodes whole sources: run {instead}"
-        return (
-            "a bidirectional model cannot stream (its backward direction needs the whole sequence): "
-            f"run whole sequences with {instead}"
-        )
+        return f"{of_manifest(self.manifest)}; run whole sequences with {instead}"
 
     def _session(self, graphs: dict, name: str, device, threads, spin):
         """An ONNX Runtime session on a graph, or a BundleError if it is not one ONNX Runtime can load."""

@@ -130,7 +130,7 @@ class Scheduler:
         present: Callable[[np.ndarray], list] | None = None,
     ):
         if engine.step is None:
-            raise ValueError("a bidirectional model has no step graph to stream")
+            raise ValueError(f"this model has no step graph to stream: {engine.why_not_streaming}")
         if engine.bind_state:
             raise ValueError("the scheduler keeps state rows in host arrays: make the Engine with bind_state=False")
         self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay

@@ -84,7 +84,7 @@ class Hub:
         # Whole sequences (POST /v1/infer) run on their own thread: a large request must not hold
         # up the batcher's steps (ONNX Runtime sessions take concurrent runs).
         self.infer_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnkit-infer")
-        self.scheduler: Scheduler | None = None  # bidirectional models do not stream
+        self.scheduler: Scheduler | None = None  # None: the model reads whole sequences only
         self.connections: set[Connection] = set()
         self.ready = False
         self.draining = False

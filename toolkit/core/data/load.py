@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core import tasks
+from toolkit.core import normalize, tasks
 from toolkit.core.config import Config
 from toolkit.core.data.encode import build_specs, encode_examples, encode_stream, label_universe
 from toolkit.core.data.formats import read_records
@@ -119,6 +119,7 @@ def load_data(config: Config) -> Prepared:
         target_columns=d.target_columns,
         horizon=d.horizon,
     )
+    normalize.check(config.model.normalize, task, input_spec.kind, records.is_stream, d.data)
     train = encode_records(train_part, config, input_spec, output_spec)
     val = encode_records(val_part, config, input_spec, output_spec) if val_part is not None else None
 

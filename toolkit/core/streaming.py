@@ -1,0 +1,28 @@
+"""Which models can stream (step or chunk at a time, state carried) and which read whole
+sequences only: the one rule behind whether a bundle has step.onnx (the exporter), whether its
+manifest has a state spec (the schema), whether a step graph can be built, and every streaming
+refusal (Engine.stream, `rnnkit stream`, the server's /v1/streams, the Triton repository)."""
+
+from __future__ import annotations
+
+
+def whole_sequences_only(bidirectional: bool, normalize: str = "dataset") -> str | None:
+    """Why a model cannot stream, in words that end a sentence; None when it can."""
+    if bidirectional:
+        return (
+            "a bidirectional model cannot stream: its backward direction reads each sequence from its end, so no "
+            "output is final until the whole sequence has arrived"
+        )
+    if normalize == "sequence":
+        return (
+            "a model normalised per sequence (model.normalize: sequence) cannot stream: every step is scaled by "
+            "the mean and std of its whole sequence, so no output is final until the whole sequence has arrived"
+        )
+    return None
+
+
+def of_manifest(manifest: dict) -> str | None:
+    """`whole_sequences_only` for a bundle's manifest (bundles before per-sequence normalisation
+    have no `input.normalize`: dataset)."""
+    normalize = manifest["input"].get("normalize", "dataset")
+    return whole_sequences_only(manifest["model"]["bidirectional"], normalize)
