@@ -127,6 +127,7 @@ class ModelInfo(BaseModel):
     # seq2seq: the decoder (its state is the manifest's `state`) and the attention over the encoder
     decoder: DecoderInfo | None = None
     attention: Literal["none", "additive", "multiplicative"] | None = None
+    pool: Literal["last", "mean", "max"] = "last"  # since 0.3; per-sequence heads only
 
 
 class Parity(BaseModel):
@@ -157,11 +158,12 @@ class Manifest(Strict):
     def consistent(self):
         if tasks.of(self.task).predicts == "sequences":
             return self._consistent_seq2seq()
-        whole = whole_sequences_only(self.model.bidirectional, getattr(self.input, "normalize", "dataset"))
+        normalize = getattr(self.input, "normalize", "dataset")
+        whole = whole_sequences_only(self.model.bidirectional, normalize, self.model.pool)
         if (whole is not None) != (self.state is None):
             raise ValueError(
-                "state must be null exactly when the model reads whole sequences only (bidirectional, or features "
-                "normalised per sequence)"
+                "state must be null exactly when the model reads whole sequences only (bidirectional, features "
+                "normalised per sequence, or outputs pooled over time)"
             )
         if not {"model.onnx"} <= set(self.graphs) <= {"model.onnx", "step.onnx"}:
             raise ValueError("graphs must be model.onnx, and step.onnx for a model that streams")

@@ -6,7 +6,7 @@ refusal (Engine.stream, `rnnkit stream`, the server's /v1/streams, the Triton re
 from __future__ import annotations
 
 
-def whole_sequences_only(bidirectional: bool, normalize: str = "dataset") -> str | None:
+def whole_sequences_only(bidirectional: bool, normalize: str = "dataset", pool: str = "last") -> str | None:
     """Why a model cannot stream, in words that end a sentence; None when it can."""
     if bidirectional:
         return (
@@ -18,6 +18,11 @@ def whole_sequences_only(bidirectional: bool, normalize: str = "dataset") -> str
             "a model normalised per sequence (model.normalize: sequence) cannot stream: every step is scaled by "
             "the mean and std of its whole sequence, so no output is final until the whole sequence has arrived"
         )
+    if pool != "last":
+        return (
+            f"a model that pools its outputs over time (model.pool: {pool}) cannot stream: its summary is the {pool} "
+            "over every step, so no output is final until the whole sequence has arrived"
+        )
     return None
 
 
@@ -25,4 +30,4 @@ def of_manifest(manifest: dict) -> str | None:
     """`whole_sequences_only` for a bundle's manifest (bundles before per-sequence normalisation
     have no `input.normalize`: dataset)."""
     normalize = manifest["input"].get("normalize", "dataset")
-    return whole_sequences_only(manifest["model"]["bidirectional"], normalize)
+    return whole_sequences_only(manifest["model"]["bidirectional"], normalize, manifest["model"].get("pool", "last"))

@@ -144,7 +144,7 @@ def build_step_graph(
     fold: bool = True,
 ) -> onnx.ModelProto:
     """`step.onnx`: one chunk of a stream (any length >= 1) with the recurrent state carried."""
-    why = whole_sequences_only(cfg.bidirectional, cfg.normalize)
+    why = whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool)
     if why:
         raise StepGraphError(
             f"no step graph: {why} (the model sees the future). Stream a unidirectional model normalised by the "
@@ -441,17 +441,22 @@ def _normalise_sequences(g: _GraphBuilder, x: str) -> str:
     return g.one("Div", [centred, std], "normalised")
 
 
-def _real_steps(g: _GraphBuilder, x: str) -> str:
-    """bool [B, T, 1]: whether step t is a real step of sequence b of x [B, T, F] (t < lengths[b])."""
-    time = g.one("Gather", [g.one("Shape", [x], "x_shape"), g.const("mask.time_axis", 1, np.int64)], "x_time")
-    steps = g.one("Range", [g.const("mask.first", 0, np.int64), time, g.const("mask.stride", 1, np.int64)], "steps")
+def _real_steps(g: _GraphBuilder, x: str, prefix: str = "") -> str:
+    """bool [B, T, 1]: whether step t is a real step of sequence b of x [B, T, F] (t < lengths[b]).
+    `prefix` names a second mask in the same graph."""
+    p = prefix
+    time = g.one(
+        "Gather", [g.one("Shape", [x], f"{p}x_shape"), g.const(f"{p}mask.time_axis", 1, np.int64)], f"{p}x_time"
+    )
+    first, stride = g.const(f"{p}mask.first", 0, np.int64), g.const(f"{p}mask.stride", 1, np.int64)
+    steps = g.one("Range", [first, time, stride], f"{p}steps")
     real = g.one(
         "Less",
-        [g.one("Unsqueeze", [steps, g.const("mask.axis0", [0], np.int64)], "steps_row"),
-         g.one("Unsqueeze", ["lengths", g.const("mask.axis1", [1], np.int64)], "lengths_column")],
-        "real_steps",
+        [g.one("Unsqueeze", [steps, g.const(f"{p}mask.axis0", [0], np.int64)], f"{p}steps_row"),
+         g.one("Unsqueeze", ["lengths", g.const(f"{p}mask.axis1", [1], np.int64)], f"{p}lengths_column")],
+        f"{p}real_steps",
     )  # fmt: skip
-    return g.one("Unsqueeze", [real, g.const("mask.axis2", [2], np.int64)], "real_steps_mask")
+    return g.one("Unsqueeze", [real, g.const(f"{p}mask.axis2", [2], np.int64)], f"{p}real_steps_mask")
 
 
 # Folding the mean makes layer 0 compute (W / std) x - W (mean / std): when a feature's |mean|
@@ -539,6 +544,8 @@ def _merge(g: _GraphBuilder, plan: _Plan, y: str, i: int) -> str:
 
 def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str) -> str:
     """Many-to-one summary [B, W], as torch's encoder computes it."""
+    if plan.cfg.pool != "last":
+        return _pool_over_time(g, plan.cfg.pool, top)
     if plan.directions == 2:
         # Y_h [2, B, H]: forward state after each sequence's last real step, backward after step 0.
         if plan.cfg.merge == "sum":
@@ -552,6 +559,21 @@ def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str) -> str:
     last = g.one("Max", [last, g.ints("zero", 0)], "last_step")
     index = g.one("Unsqueeze", [last, g.ints("pool.axis1", [1])], "last_step_index")
     return g.one("GatherND", [top_bm, index], "pooled", batch_dims=1)
+
+
+def _pool_over_time(g: _GraphBuilder, pool: str, top: str) -> str:
+    """Mean or maximum of the top outputs [T, B, W] over each sequence's real steps: padding is
+    replaced by Where (0 for the sum, -inf for the max), never multiplied by a mask."""
+    top_bm = g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2])
+    real = _real_steps(g, top_bm, prefix="pool.")
+    if pool == "mean":
+        summed = g.one("Where", [real, top_bm, g.const("pool.zero", 0.0)], "pool.real_outputs")
+        summed = g.one("ReduceSum", [summed, g.ints("pool.time_axis", [1])], "pool.sum", keepdims=0)
+        count = g.one("Cast", ["lengths"], "pool.count", to=TensorProto.FLOAT)
+        count = g.one("Unsqueeze", [count, g.ints("pool.count_axis", [1])], "pool.count_column")
+        return g.one("Div", [summed, count], "pooled")
+    masked = g.one("Where", [real, top_bm, g.const("pool.minus_inf", -np.inf)], "pool.real_outputs")
+    return g.one("ReduceMax", [masked], "pooled", axes=[1], keepdims=0)  # axes an attribute up to opset 17
 
 
 def _head(g: _GraphBuilder, plan: _Plan, weights, x: str) -> str:

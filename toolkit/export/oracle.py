@@ -402,6 +402,9 @@ class GraphModel:
         top, finals = self._encode(x, lengths)
         if self.per_step:
             pooled = top
+        elif self.model.get("pool", "last") != "last":  # over each sequence's real steps
+            reduce = np.mean if self.model["pool"] == "mean" else np.max
+            pooled = np.stack([reduce(top[b, :n], axis=0) for b, n in enumerate(np.asarray(lengths))])
         elif self.directions == 2:  # the top layer's final states: forward at the end, backward at step 0
             h = finals[-1]["h"]
             pooled = h.sum(axis=0) if self.model["merge"] == "sum" else np.concatenate([h[0], h[1]], axis=-1)

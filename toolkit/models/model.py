@@ -21,6 +21,7 @@ from toolkit.core import normalize, tasks
 from toolkit.core.config import ModelConfig
 from toolkit.core.data.types import InputSpec, OutputSpec
 from toolkit.core.data.vocab import PAD_ID
+from toolkit.core.errors import ConfigError
 from toolkit.models.encoder import RecurrentEncoder, State
 
 
@@ -94,6 +95,11 @@ def _vector(values: list[float] | None, size: int, default: float) -> torch.Tens
 def build_model(cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec) -> nn.Module:
     """The task's model: an encoder-decoder for tasks that predict sequences, else SequenceModel."""
     normalize.check(cfg.normalize, output_spec.task, input_spec.kind)
+    if cfg.pool != "last" and (output_spec.per_step or tasks.of(output_spec.task).predicts == "sequences"):
+        raise ConfigError(
+            f"model.pool {cfg.pool} summarises a sequence for a per-sequence head (classify, regress to one value "
+            f"per sequence), but task {output_spec.task} here predicts every step; drop --pool"
+        )
     if tasks.of(output_spec.task).predicts == "sequences":
         from toolkit.models.seq2seq import Seq2SeqModel
 
