@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint image-test triton-test spark-test venv clean
+.PHONY: demo test lint image-test triton-test spark-test ddp-test venv clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ spark-test: $(STAMP)
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 	$(PY) -m pip install -q "pyspark==4.3.0"
 	$(PY) -m pytest -q -m spark tests/test_spark.py
+
+# Data-parallel training in real torchrun process groups (2 processes each; about 2 minutes).
+ddp-test: $(STAMP)
+	$(PY) -m pytest -q -m ddp tests/test_distributed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

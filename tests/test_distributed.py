@@ -18,7 +18,10 @@ import torch
 
 from tests.helpers import rnnkit, start, toy_data
 
+# A constant rate without warm-up: a resumed run with more epochs re-plans a cosine schedule, so it
+# would not (and should not) equal a run planned for all its epochs from the start.
 FLAGS = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "16", "--lr", "0.01", "--device", "cpu"]
+FLAGS += ["--schedule", "constant", "--warmup", "0"]
 FLAGS += ["--no-mlflow", "--no-export", "--no-progress", "--dropout", "0", "--json"]
 
 
@@ -35,6 +38,7 @@ def weights(run: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in torch.load(run / "model.pt", weights_only=True).items()}
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("task, cell", [("tag", "lstm"), ("classify", "gru"), ("lm", "lstm")])
 def test_two_processes_train_the_weights_of_one(tmp_path, task, cell):
     one, s1 = trained(tmp_path, "one", task, cell, "--epochs", "2")
@@ -49,6 +53,7 @@ def test_two_processes_train_the_weights_of_one(tmp_path, task, cell):
     assert s1["metrics"].keys() == s2["metrics"].keys()
 
 
+@pytest.mark.ddp
 def test_rank_zero_alone_writes_and_resume_is_exact(tmp_path):
     """Dropout on (each rank its own stream): 2 epochs, then resumed to 4, equals 4 straight."""
     data = toy_data(tmp_path, "classify", n=90)["data"]
@@ -117,6 +122,7 @@ def training_group(tmp_path: Path):
             proc.kill()
 
 
+@pytest.mark.ddp
 def test_a_rank_killed_stops_the_others(tmp_path):
     with training_group(tmp_path) as (proc, workers):
         os.kill(workers[1], signal.SIGKILL)
@@ -156,6 +162,7 @@ def test_every_row_goes_to_exactly_one_rank(size, rows):
     assert weights == [1.0] * min(size, rows) + [0.0] * max(0, size - rows)
 
 
+@pytest.mark.ddp
 def test_rank_zero_alone_records_the_run_with_its_world_size(tmp_path):
     from mlflow import MlflowClient
 
@@ -171,6 +178,7 @@ def test_rank_zero_alone_records_the_run_with_its_world_size(tmp_path):
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
 
 
+@pytest.mark.ddp
 def test_sigterm_stops_every_rank(tmp_path):
     with training_group(tmp_path) as (proc, workers):
         proc.send_signal(signal.SIGTERM)
