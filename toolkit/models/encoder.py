@@ -84,8 +84,7 @@ class RecurrentEncoder(nn.Module):
         if self.cfg.pool != "last":  # over every real step: gradients reach each step directly
             if lengths is None:
                 return outputs.mean(dim=1) if self.cfg.pool == "mean" else outputs.amax(dim=1)
-            steps = torch.arange(outputs.shape[1], device=outputs.device)
-            real = (steps[None, :] < lengths.to(outputs.device)[:, None]).unsqueeze(-1)  # [B, T, 1]
+            real = real_steps(lengths, outputs.shape[1], outputs.device).unsqueeze(-1)  # [B, T, 1]
             if self.cfg.pool == "mean":
                 count = real.sum(dim=1).clamp(min=1).to(outputs.dtype)
                 return torch.where(real, outputs, 0.0).sum(dim=1) / count
@@ -99,6 +98,11 @@ class RecurrentEncoder(nn.Module):
             return outputs[:, -1]
         last = (lengths.to(outputs.device) - 1).clamp(min=0)
         return outputs[torch.arange(outputs.shape[0], device=outputs.device), last]
+
+
+def real_steps(lengths: torch.Tensor, total: int, device) -> torch.Tensor:
+    """bool [B, total]: whether step t is a real step of sequence b (t < lengths[b])."""
+    return torch.arange(total, device=device)[None, :] < lengths.to(device)[:, None]
 
 
 def detach_state(state: State | None) -> State | None:

@@ -22,7 +22,7 @@ from toolkit.core.config import ModelConfig
 from toolkit.core.data.types import InputSpec, OutputSpec
 from toolkit.core.data.vocab import PAD_ID
 from toolkit.core.errors import ConfigError
-from toolkit.models.encoder import RecurrentEncoder, State
+from toolkit.models.encoder import RecurrentEncoder, State, real_steps
 
 
 class SequenceModel(nn.Module):
@@ -77,8 +77,7 @@ def normalise_sequences(x: torch.Tensor, lengths: torch.Tensor | None, eps: floa
     if lengths is None:
         real = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.bool, device=x.device)
     else:
-        steps = torch.arange(x.shape[1], device=x.device)
-        real = (steps[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)  # [B, T, 1]
+        real = real_steps(lengths, x.shape[1], x.device).unsqueeze(-1)  # [B, T, 1]
     count = real.sum(dim=1, keepdim=True).to(x.dtype)
     d = torch.where(real, x - x[:, :1], 0.0)
     centred = torch.where(real, d - d.sum(dim=1, keepdim=True) / count, 0.0)

@@ -36,7 +36,7 @@ from toolkit.core.data.types import PAD_TARGET, Prepared, SequenceDataset, Strea
 from toolkit.core.errors import CheckpointError, ConfigError
 from toolkit.core.metrics import LMMetrics, better, metric_mode
 from toolkit.core.tasks import default_monitor, metrics_for
-from toolkit.models.encoder import detach_state
+from toolkit.models.encoder import detach_state, real_steps
 from toolkit.models.model import SequenceModel, build_model
 from toolkit.train import checkpoint as ckpt
 from toolkit.train import distributed
@@ -266,8 +266,7 @@ class _Run:
         tcfg = self.cfg.train
         for note in self.data.notes:
             self.log(note)
-        stopped_early = self.bad_epochs >= (tcfg.patience or math.inf)
-        stop_reason = "patience" if stopped_early else None
+        stop_reason = "patience" if self.bad_epochs >= (tcfg.patience or math.inf) else None
         self.log(f"best epoch chosen by {self.selection()}")
         started_at, epoch_seconds = time.perf_counter(), []
         if self.world.active:
@@ -275,9 +274,9 @@ class _Run:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.model, device_ids=ids)
-        while self.epoch < tcfg.epochs and not stopped_early:
+        while self.epoch < tcfg.epochs and stop_reason is None:
             if self._out_of_time(started_at, epoch_seconds):
-                stopped_early, stop_reason = True, "time budget"
+                stop_reason = "time budget"
                 break
             started = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -311,8 +310,8 @@ class _Run:
             self.log(_epoch_line(record, self.monitor, improved))
             if on_epoch_end is not None:
                 on_epoch_end(self.epoch, record)
-            stopped_early = tcfg.patience is not None and self.bad_epochs >= tcfg.patience
-            stop_reason = "patience" if stopped_early else None
+            if tcfg.patience is not None and self.bad_epochs >= tcfg.patience:
+                stop_reason = "patience"
         if stop_reason == "patience":
             self.log(f"early stop: {self.monitor} did not improve for {tcfg.patience} epochs")
         elif stop_reason == "time budget":
@@ -328,7 +327,7 @@ class _Run:
             monitor=("val_" if self.has_val else "train_") + self.monitor,
             best=self.best_metrics,
             history=self.history,
-            stopped_early=stopped_early,
+            stopped_early=stop_reason is not None,
             notes=list(self.data.notes),
             selection=self.selection(),
             stop_reason=stop_reason,
@@ -539,7 +538,7 @@ def task_loss(
     # squared_error: on the normalised scale, padded steps masked out
     err = (model.normalised(y) - model.normalised(targets.float())) ** 2
     if y.dim() == 3 and lengths is not None:
-        mask = _step_mask(lengths, y.shape[1], y.device).unsqueeze(-1)
+        mask = real_steps(lengths, y.shape[1], y.device).unsqueeze(-1)
         return (err * mask).sum(), int(mask.sum()) * y.shape[-1]
     return err.sum(), err.numel()
 
@@ -569,10 +568,6 @@ def _batches_per_epoch(train: SequenceDataset | StreamDataset, tcfg) -> int:
         rows = max(1, min(tcfg.batch_size, len(train)))
         return math.ceil((len(train) // rows) / tcfg.bptt)
     return math.ceil(len(train) / tcfg.batch_size)
-
-
-def _step_mask(lengths: torch.Tensor, total: int, device) -> torch.Tensor:
-    return torch.arange(total, device=device)[None, :] < lengths.to(device)[:, None]
 
 
 def _epoch_line(record: dict[str, Any], monitor: str, improved: bool) -> str:
