@@ -50,6 +50,7 @@ LONG = 512
 STREAM = 1000
 FP32_EPS = 2.0**-23  # float32 machine epsilon (one unit in the last place at 1.0)
 FP32_MAX = float(np.finfo(np.float32).max)
+WEIGHT_LEVELS = 64.0  # int8 bundles' weights: 7-bit symmetric, -64..64 (ONNX Runtime's reduce_range)
 
 
 @dataclass(frozen=True)
@@ -236,15 +237,17 @@ def perturbed_weights(weights: dict[str, np.ndarray], rng: np.random.Generator, 
 
 
 def int8_grid_weights(weights: dict[str, np.ndarray], rng: np.random.Generator | None) -> dict:
-    """Every float weight matrix (embeddings included; biases, which int8 graphs keep in float32,
-    and the data `STATISTICS` excluded) moved by a uniform fraction of up to half a step of its
-    own symmetric int8 grid (step = max|w| / 127, as int8 weight quantization stores it): a
-    rounding of unknown sign. `rng` None: rounded to the grid."""
+    """Every float weight matrix (torch's layout, one output unit per row; biases, which int8
+    graphs keep in float32, and the data `STATISTICS` excluded) moved by a uniform fraction of up
+    to half a step of the grid int8 bundles store it on (`precision.convert`): 7-bit symmetric,
+    step = max|w| / 64 per row (per output channel), per table for embeddings. A rounding of
+    unknown sign. `rng` None: rounded to the grid."""
     out = {}
     for k, v in weights.items():
         if np.issubdtype(v.dtype, np.floating) and k not in STATISTICS and v.ndim >= 2 and v.size:
-            step = float(np.abs(v).max()) / 127.0 or 1.0
             w = v.astype(np.float64)
+            top = np.abs(w).max() if "embedding" in k else np.abs(w).max(axis=-1, keepdims=True)
+            step = np.where(top > 0, top / WEIGHT_LEVELS, 1.0)
             w = np.round(w / step) * step if rng is None else w + rng.uniform(-0.5, 0.5, size=v.shape) * step
             v = w.astype(v.dtype)
         out[k] = v
