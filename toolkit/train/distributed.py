@@ -17,6 +17,7 @@ early-stopping decision. When one rank fails, torchrun stops the others.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -76,8 +77,11 @@ def start(w: World, device: torch.device) -> torch.device:
 
 
 def stop(barrier: bool = False) -> None:
-    """Leave the process group; with `barrier`, once every rank has arrived (the normal end)."""
+    """Leave the process group; with `barrier`, once every rank has arrived (the normal end). The
+    caller drops its DDP wrapper first: collected here, its reducer lets go of the group while the
+    interpreter is whole (a group freed at interpreter exit aborts in gloo's thread teardown)."""
     if dist.is_initialized():
+        gc.collect()
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
