@@ -102,8 +102,8 @@ def test_wrong_int8_graph_is_refused(tmp_path):
     intact = certify(model, good, input_dict, per_step, seed, rule=precision.INT8, providers=["CPUExecutionProvider"])
     broken = certify(model, bad, input_dict, per_step, seed, rule=precision.INT8, providers=["CPUExecutionProvider"])
     margins = intact.summary()["worst_margin"], broken.summary()["worst_margin"]
-    failed = len(broken.failures)
-    print(f"seed {seed}: worst margin intact {margins[0]:.3f}, broken {margins[1]:.1f} ({failed}/{len(broken.cases)} failed)")
+    failed = f"{len(broken.failures)}/{len(broken.cases)} failed"
+    print(f"seed {seed}: worst margin intact {margins[0]:.3f}, broken {margins[1]:.1f} ({failed})")
     assert intact.passed, intact.reasons
     # 7-bit weights make a tiny one-epoch model's int8 noise large enough to hide the swap in some
     # cases; the refusal must still be far from a borderline call.
