@@ -3,8 +3,9 @@ and judged by what users care about, the task metric.
 
 - int8 (CPU): ONNX Runtime's dynamic quantization (`quantize_dynamic`, 7-bit weights per output
   channel so that CPUs without VNNI compute the same, activations quantized per call): each ONNX
-  `LSTM` becomes `DynamicQuantizeLSTM`, the heads' MatMuls `MatMulInteger`. The cell state stays float32. ONNX Runtime has no integer
-  kernel for `GRU` or `RNN`, so those cells are refused with the measurement that says why.
+  `LSTM` becomes `DynamicQuantizeLSTM`, the heads' MatMuls `MatMulInteger`. The cell state stays
+  float32. ONNX Runtime has no integer kernel for `GRU` or `RNN`, so those cells are refused with
+  the measurement that says why.
 - fp16 (CUDA): every weight and operator in float16 behind float32 inputs and outputs
   (`onnxconverter_common.float16`, keep_io_types): callers, and a stream's carried state, stay
   float32. ONNX Runtime's CPU provider has no float16 recurrent kernels, so it is CUDA only.
