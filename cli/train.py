@@ -66,6 +66,11 @@ FLAGS = {
         _choice(POOLS),
         "classify/regress summary over time: last (final states) | mean | max (of every real step; no streaming).",
     ),
+    "frame_stack": (
+        "model",
+        int,
+        "classify/regress on features: read K steps at a time, concatenated (1; long series: 4-16; no streaming).",
+    ),
     "attention": ("model", _choice(ATTENTIONS), "seq2seq: none | additive | multiplicative (none)."),
     "decoder_cell": ("model", _choice(CELLS), "seq2seq decoder cell (default: --cell)."),
     "decoder_layers": ("model", int, "seq2seq decoder layers (default: --num-layers)."),

@@ -34,6 +34,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
 NORMALIZATIONS = ("dataset", "sequence")
 POOLS = ("last", "mean", "max")
+MAX_FRAME_STACK = 256
 
 
 @dataclass
@@ -53,6 +54,9 @@ class ModelConfig:
     # classify / per-sequence regress: the summary the head reads. last: the final states (each
     # direction's); mean / max: over the top layer's outputs at every real step (whole sequences only)
     pool: str = "last"
+    # classify / per-sequence regress on features: K consecutive steps concatenated into one frame
+    # before layer 0 (a series of T steps is read in ceil(T / K) frames; whole sequences only)
+    frame_stack: int = 1
     # seq2seq only: the decoder (always one direction) and its attention over the encoder outputs
     attention: str = "none"  # none (the final state is the only context) | additive | multiplicative
     decoder_cell: str | None = None  # default: cell
@@ -68,6 +72,9 @@ class ModelConfig:
         _choice("model.attention", self.attention, ATTENTIONS)
         _choice("model.normalize", self.normalize, NORMALIZATIONS)
         _choice("model.pool", self.pool, POOLS)
+        _positive("model.frame_stack", self.frame_stack)
+        if self.frame_stack > MAX_FRAME_STACK:
+            raise ConfigError(f"model.frame_stack must be at most {MAX_FRAME_STACK}, got {self.frame_stack}")
         if self.decoder_cell is not None:
             _choice("model.decoder_cell", self.decoder_cell, CELLS)
         if self.decoder_layers is not None:

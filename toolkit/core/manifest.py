@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from toolkit.core import tasks
+from toolkit.core.config import MAX_FRAME_STACK
 from toolkit.core.streaming import whole_sequences_only
 
 MAX_VOCAB = 2**24
@@ -128,6 +129,7 @@ class ModelInfo(BaseModel):
     decoder: DecoderInfo | None = None
     attention: Literal["none", "additive", "multiplicative"] | None = None
     pool: Literal["last", "mean", "max"] = "last"  # since 0.3; per-sequence heads only
+    frame_stack: Annotated[StrictInt, Field(ge=1, le=MAX_FRAME_STACK)] = 1  # since 0.3; features, per-sequence heads
 
 
 class Parity(BaseModel):
@@ -159,12 +161,14 @@ class Manifest(Strict):
         if tasks.of(self.task).predicts == "sequences":
             return self._consistent_seq2seq()
         normalize = getattr(self.input, "normalize", "dataset")
-        whole = whole_sequences_only(self.model.bidirectional, normalize, self.model.pool)
+        whole = whole_sequences_only(self.model.bidirectional, normalize, self.model.pool, self.model.frame_stack)
         if (whole is not None) != (self.state is None):
             raise ValueError(
                 "state must be null exactly when the model reads whole sequences only (bidirectional, features "
-                "normalised per sequence, or outputs pooled over time)"
+                "normalised per sequence, outputs pooled over time, or frames stacked)"
             )
+        if self.model.frame_stack > 1 and (self.input.kind != "features" or self.output.per_step):
+            raise ValueError("model.frame_stack above 1 is for feature inputs and per-sequence outputs only")
         if not {"model.onnx"} <= set(self.graphs) <= {"model.onnx", "step.onnx"}:
             raise ValueError("graphs must be model.onnx, and step.onnx for a model that streams")
         if (self.state is None) == ("step.onnx" in self.graphs):

@@ -6,7 +6,9 @@ refusal (Engine.stream, `rnnkit stream`, the server's /v1/streams, the Triton re
 from __future__ import annotations
 
 
-def whole_sequences_only(bidirectional: bool, normalize: str = "dataset", pool: str = "last") -> str | None:
+def whole_sequences_only(
+    bidirectional: bool, normalize: str = "dataset", pool: str = "last", frame_stack: int = 1
+) -> str | None:
     """Why a model cannot stream, in words that end a sentence; None when it can."""
     if bidirectional:
         return (
@@ -23,6 +25,11 @@ def whole_sequences_only(bidirectional: bool, normalize: str = "dataset", pool: 
             f"a model that pools its outputs over time (model.pool: {pool}) cannot stream: its summary is the {pool} "
             "over every step, so no output is final until the whole sequence has arrived"
         )
+    if frame_stack > 1:
+        return (
+            f"a frame-stacked model (model.frame_stack: {frame_stack}) reads whole sequences only for now: its step "
+            f"graph would need a stream's steps in frames of {frame_stack}, which streams do not buffer yet"
+        )
     return None
 
 
@@ -30,4 +37,6 @@ def of_manifest(manifest: dict) -> str | None:
     """`whole_sequences_only` for a bundle's manifest (bundles before per-sequence normalisation
     have no `input.normalize`: dataset)."""
     normalize = manifest["input"].get("normalize", "dataset")
-    return whole_sequences_only(manifest["model"]["bidirectional"], normalize, manifest["model"].get("pool", "last"))
+    model = manifest["model"]
+    frame_stack = model.get("frame_stack", 1)
+    return whole_sequences_only(model["bidirectional"], normalize, model.get("pool", "last"), frame_stack)

@@ -300,7 +300,7 @@ def reader_spec(config, input_spec) -> dict:
 
 
 def _whole_sequences(cfg) -> bool:
-    return whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool) is not None
+    return whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool, cfg.frame_stack) is not None
 
 
 def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir) -> dict:
@@ -337,6 +337,7 @@ def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset
         "merge": cfg.merge,
         "residual": cfg.residual,
         "pool": cfg.pool,
+        "frame_stack": cfg.frame_stack,
     }
     if seq2seq:
         dec = cfg.decoder()

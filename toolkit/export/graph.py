@@ -107,18 +107,23 @@ def build_full_graph(
 ) -> onnx.ModelProto:
     """`model.onnx`: whole padded sequences with per-sequence `lengths`, dynamic batch and time.
     `fold=False`: feature normalisation as nodes, not folded into layer 0 (`_Plan.fold`)."""
-    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold)
+    # Frames are filled with the normalised padding (0), so normalisation stays nodes: folded into
+    # layer 0, raw padding would enter a sequence's last frame as -mean / std.
+    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold and cfg.frame_stack == 1)
     g = _GraphBuilder()
     x = _input_layer(g, plan, weights, padded=True)
+    lengths = "lengths"
+    if cfg.frame_stack > 1:
+        x, lengths = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features)
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
-    seq = g.one("Cast", ["lengths"], "sequence_lens", to=TensorProto.INT32)
+    seq = g.one("Cast", [lengths], "sequence_lens", to=TensorProto.INT32)
     top, finals = _encoder(g, plan, weights, x, seq, state=None)
 
     if plan.per_step:
         y = _head(g, plan, weights, g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2]))
         out_dims = ["batch", "time", plan.head_size]
     else:
-        y = _head(g, plan, weights, _pool(g, plan, top, finals[-1][0]))
+        y = _head(g, plan, weights, _pool(g, plan, top, finals[-1][0], lengths))
         out_dims = ["batch", plan.head_size]
 
     inputs = [
@@ -144,7 +149,7 @@ def build_step_graph(
     fold: bool = True,
 ) -> onnx.ModelProto:
     """`step.onnx`: one chunk of a stream (any length >= 1) with the recurrent state carried."""
-    why = whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool)
+    why = whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool, cfg.frame_stack)
     if why:
         raise StepGraphError(
             f"no step graph: {why} (the model sees the future). Stream a unidirectional model normalised by the "
@@ -314,7 +319,7 @@ class _Plan:
                 )
             expect("feature_mean", (num_features,))
             expect("feature_std", (num_features,))
-            input_size = num_features
+            input_size = num_features * cfg.frame_stack  # layer 0 reads frames of K steps
 
         gates, hidden = GATES[cfg.cell], cfg.hidden_size
         suffixes = ["", "_reverse"] if cfg.bidirectional else [""]
@@ -441,7 +446,7 @@ def _normalise_sequences(g: _GraphBuilder, x: str) -> str:
     return g.one("Div", [centred, std], "normalised")
 
 
-def _real_steps(g: _GraphBuilder, x: str, prefix: str = "") -> str:
+def _real_steps(g: _GraphBuilder, x: str, prefix: str = "", lengths: str = "lengths") -> str:
     """bool [B, T, 1]: whether step t is a real step of sequence b of x [B, T, F] (t < lengths[b]).
     `prefix` names a second mask in the same graph."""
     p = prefix
@@ -453,7 +458,7 @@ def _real_steps(g: _GraphBuilder, x: str, prefix: str = "") -> str:
     real = g.one(
         "Less",
         [g.one("Unsqueeze", [steps, g.const(f"{p}mask.axis0", [0], np.int64)], f"{p}steps_row"),
-         g.one("Unsqueeze", ["lengths", g.const(f"{p}mask.axis1", [1], np.int64)], f"{p}lengths_column")],
+         g.one("Unsqueeze", [lengths, g.const(f"{p}mask.axis1", [1], np.int64)], f"{p}lengths_column")],
         f"{p}real_steps",
     )  # fmt: skip
     return g.one("Unsqueeze", [real, g.const(f"{p}mask.axis2", [2], np.int64)], f"{p}real_steps_mask")
@@ -542,10 +547,35 @@ def _merge(g: _GraphBuilder, plan: _Plan, y: str, i: int) -> str:
     return g.one("Reshape", [tbdh, g.ints(f"layer{i}.shape_tb_", [0, 0, -1])], f"layer{i}.out")
 
 
-def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str) -> str:
-    """Many-to-one summary [B, W], as torch's encoder computes it."""
+def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int) -> tuple[str, str]:
+    """x [B, T, F], padding already 0 -> (frames [B, ceil(T / k), k * F], frame lengths
+    ceil(lengths / k)), as toolkit.models.frames defines them: Pad the time axis with zeros to a
+    multiple of k ((-T) mod k steps), then Reshape to [B, -1, width = k * F]."""
+    shape = g.one("Shape", [x], "frames.x_shape")
+    time = g.one("Slice", [shape, g.ints("frames.time_from", [1]), g.ints("frames.time_to", [2])], "frames.time")
+    size = g.const("frames.k", k, np.int64)
+    rest = g.one("Mod", [time, size], "frames.rest")
+    short = g.one("Mod", [g.one("Sub", [size, rest], "frames.missing"), size], "frames.pad")  # [1]: (-T) mod k
+    pads = g.one(
+        "Concat",
+        [g.ints("frames.pads_before", [0, 0, 0, 0]), short, g.ints("frames.pads_after", [0])],
+        "frames.pads",
+        axis=0,
+    )
+    padded = g.one("Pad", [x, pads], "frames.padded")
+    frames = g.one("Reshape", [padded, g.ints("frames.shape", [0, -1, width])], "frames")
+    lengths = g.one(
+        "Div",
+        [g.one("Add", ["lengths", g.const("frames.k_minus_1", k - 1, np.int64)], "frames.lengths_up"), size],
+        "frame_lengths",
+    )
+    return frames, lengths
+
+
+def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str, lengths: str = "lengths") -> str:
+    """Many-to-one summary [B, W], as torch's encoder computes it (`lengths`: of the top's steps)."""
     if plan.cfg.pool != "last":
-        return _pool_over_time(g, plan.cfg.pool, top)
+        return _pool_over_time(g, plan.cfg.pool, top, lengths)
     if plan.directions == 2:
         # Y_h [2, B, H]: forward state after each sequence's last real step, backward after step 0.
         if plan.cfg.merge == "sum":
@@ -555,21 +585,21 @@ def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str) -> str:
     # Top output (residual included) at each sequence's last real step lengths-1.
     top_bm = g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2])
     # Clamped at 0 as in torch: GatherND would wrap index -1 round to the last (padded) step.
-    last = g.one("Sub", ["lengths", g.ints("one", 1)], "last_step_unclamped")
+    last = g.one("Sub", [lengths, g.ints("one", 1)], "last_step_unclamped")
     last = g.one("Max", [last, g.ints("zero", 0)], "last_step")
     index = g.one("Unsqueeze", [last, g.ints("pool.axis1", [1])], "last_step_index")
     return g.one("GatherND", [top_bm, index], "pooled", batch_dims=1)
 
 
-def _pool_over_time(g: _GraphBuilder, pool: str, top: str) -> str:
+def _pool_over_time(g: _GraphBuilder, pool: str, top: str, lengths: str = "lengths") -> str:
     """Mean or maximum of the top outputs [T, B, W] over each sequence's real steps: padding is
     replaced by Where (0 for the sum, -inf for the max), never multiplied by a mask."""
     top_bm = g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2])
-    real = _real_steps(g, top_bm, prefix="pool.")
+    real = _real_steps(g, top_bm, prefix="pool.", lengths=lengths)
     if pool == "mean":
         summed = g.one("Where", [real, top_bm, g.const("pool.zero", 0.0)], "pool.real_outputs")
         summed = g.one("ReduceSum", [summed, g.ints("pool.time_axis", [1])], "pool.sum", keepdims=0)
-        count = g.one("Cast", ["lengths"], "pool.count", to=TensorProto.FLOAT)
+        count = g.one("Cast", [lengths], "pool.count", to=TensorProto.FLOAT)
         count = g.one("Unsqueeze", [count, g.ints("pool.count_axis", [1])], "pool.count_column")
         return g.one("Div", [summed, count], "pooled")
     masked = g.one("Where", [real, top_bm, g.const("pool.minus_inf", -np.inf)], "pool.real_outputs")

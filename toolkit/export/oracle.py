@@ -359,6 +359,19 @@ def normalise_sequences(x, lengths, eps: float) -> np.ndarray:
     return out
 
 
+def stack_frames(x, lengths, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """x [B, T, F] -> frames [B, ceil(T / k), k * F] and frame lengths ceil(lengths / k): each
+    sequence's real steps in order, k per frame, zeros after its last real step
+    (toolkit.models.frames states the definition)."""
+    x = np.asarray(x)
+    lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
+    frames = -(-x.shape[1] // k)
+    out = np.zeros((x.shape[0], frames * k, x.shape[2]), dtype=x.dtype)
+    for b, n in enumerate(lengths):
+        out[b, :n] = x[b, :n]
+    return out.reshape(x.shape[0], frames, k * x.shape[2]), -(-lengths // k)
+
+
 # --------------------------------------------------------------------------------------------
 # A whole rnnkit model from its ONNX graph's weights
 # --------------------------------------------------------------------------------------------
@@ -399,7 +412,7 @@ class GraphModel:
 
     def outputs(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """What model.onnx returns for x [B, T(, F)] with `lengths`: [B, T, K] or [B, K]."""
-        top, finals = self._encode(x, lengths)
+        top, finals, lengths = self._encode(x, lengths)
         if self.per_step:
             pooled = top
         elif self.model.get("pool", "last") != "last":  # over each sequence's real steps
@@ -414,17 +427,23 @@ class GraphModel:
 
     def final_state(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The state step.onnx returns after all of x from zeros: {"h": [L, B, H]} (+ "c")."""
-        _, finals = self._encode(x, None)
+        _, finals, _ = self._encode(x, None)
         return {name: np.concatenate([f[name] for f in finals], axis=0) for name in finals[0]}
 
     def _encode(self, x, lengths):
+        """(top output, final states, the lengths of the top's steps: frames when stacked)."""
         if self.tokens:
             h = self.w["embedding.weight"][np.asarray(x)]
         elif self.sequence_eps is not None:
             h = normalise_sequences(np.asarray(x, dtype=self.dtype), lengths, self.sequence_eps)
-        else:
+        else:  # the std is folded into layer 0, or a node (feature_inverse_std) as with stacked frames
             h = np.asarray(x, dtype=self.dtype) - self.w.get("feature_mean", self.dtype(0))
-        return onnx_stack(self.w, self.model, h, lengths)
+            h = h * self.w.get("feature_inverse_std", self.dtype(1))
+        k = self.model.get("frame_stack", 1)
+        if k > 1:
+            h, lengths = stack_frames(h, lengths, k)
+        top, finals = onnx_stack(self.w, self.model, h, lengths)
+        return top, finals, lengths
 
 
 def onnx_stack(w: dict, model: dict, h: np.ndarray, lengths=None, initial: list[dict] | None = None):

@@ -23,6 +23,7 @@ from toolkit.core.data.types import InputSpec, OutputSpec
 from toolkit.core.data.vocab import PAD_ID
 from toolkit.core.errors import ConfigError
 from toolkit.models.encoder import RecurrentEncoder, State, real_steps
+from toolkit.models.frames import stack_frames
 
 
 class SequenceModel(nn.Module):
@@ -36,9 +37,10 @@ class SequenceModel(nn.Module):
             self.embedding = nn.Embedding(input_spec.size, cfg.embedding_dim, padding_idx=PAD_ID)
             input_size = cfg.embedding_dim
         else:
-            input_size = int(input_spec.num_features)
-            self.register_buffer("feature_mean", _vector(input_spec.mean, input_size, 0.0))
-            self.register_buffer("feature_std", _vector(input_spec.std, input_size, 1.0))
+            input_size = int(input_spec.num_features) * cfg.frame_stack  # frames of K steps (toolkit.models.frames)
+            features = int(input_spec.num_features)
+            self.register_buffer("feature_mean", _vector(input_spec.mean, features, 0.0))
+            self.register_buffer("feature_std", _vector(input_spec.std, features, 1.0))
         self.encoder = RecurrentEncoder(input_size, cfg)
         self.per_step = output_spec.per_step
         self.values = tasks.of(self.task).predicts == "values"  # regression: raw units out
@@ -59,6 +61,8 @@ class SequenceModel(nn.Module):
             x = normalise_sequences(inputs, lengths)
         else:
             x = (inputs - self.feature_mean) / self.feature_std
+        if self.cfg.frame_stack > 1:
+            x, lengths = stack_frames(x, lengths, self.cfg.frame_stack)
         outputs, pooled, new_state = self.encoder(x, lengths, state)
         y = self.head(outputs if self.per_step else pooled)
         if self.values:
@@ -98,6 +102,13 @@ def build_model(cfg: ModelConfig, input_spec: InputSpec, output_spec: OutputSpec
         raise ConfigError(
             f"model.pool {cfg.pool} summarises a sequence for a per-sequence head (classify, regress to one value "
             f"per sequence), but task {output_spec.task} here predicts every step; drop --pool"
+        )
+    if cfg.frame_stack > 1 and (input_spec.kind != "features" or output_spec.per_step):
+        raise ConfigError(
+            f"model.frame_stack {cfg.frame_stack} reads feature series K steps at a time for a per-sequence head "
+            f"(classify, regress to one value per sequence); task {output_spec.task} on {input_spec.kind} "
+            + ("predicts every step" if output_spec.per_step else "reads tokens")
+            + ": drop --frame-stack"
         )
     if tasks.of(output_spec.task).predicts == "sequences":
         from toolkit.models.seq2seq import Seq2SeqModel
