@@ -25,7 +25,7 @@ from toolkit.core.config import (
     TASKS,
     Config,
 )
-from toolkit.core.devices import TRAIN_DEVICES
+from toolkit.core.devices import TRAIN_DEVICES, default_threads
 
 
 def _choice(values):
@@ -114,7 +114,25 @@ def config_options(fn):
     "--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last epoch."
 )
 @config_options
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bars (default: when stderr is a terminal, else --progress-every lines); --no-progress: neither.",
+)
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0),
+    default=30,
+    show_default=True,
+    metavar="SECONDS",
+    help="Without bars (stderr not a terminal): one progress line at most this often; 0 disables.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="torch intra-op threads (default: all cores available, at most OMP_NUM_THREADS; with --nproc N, "
+    "cores // N per process).",
+)
 @click.option(
     "--export/--no-export", "do_export", default=True, help="End with a verified ONNX bundle in OUT/bundle (on)."
 )
@@ -142,6 +160,8 @@ def train(
     config_file,
     resume,
     progress,
+    progress_every,
+    threads,
     do_export,
     precision,
     use_mlflow,
@@ -158,7 +178,7 @@ def train(
     model) unless --no-mlflow; if MLflow fails, training goes on and says so.
     """
     if nproc and nproc > 1 and "RANK" not in os.environ:
-        sys.exit(_launch(nproc))
+        sys.exit(_launch(nproc, threads))
     from toolkit import pipeline
 
     if register_name and not (use_mlflow and do_export):
@@ -179,6 +199,8 @@ def train(
         config.train.clip = None
     for name, value in flags.items():
         config.override(FLAGS[name][0], name, value)
+    threads = _set_threads(threads)
+    bars = sys.stderr.isatty() if progress is None else progress
     try:
         outcome = pipeline.run(
             config,
@@ -190,7 +212,8 @@ def train(
             experiment=experiment,
             register=register_name,
             aliases=aliases,
-            progress=sys.stderr.isatty() if progress is None else progress,
+            progress=bars,
+            progress_every=progress_every if progress is None and not bars else 0.0,  # lines instead of bars
             log=lambda m: click.echo(m, err=True),
             on_trained=_print_scores,
         )
@@ -210,7 +233,7 @@ def train(
             failed = "; ".join(outcome.export.report.reasons)
             click.echo(f"error: parity failed ({failed}); report {report}; training is complete", err=True)
             if as_json:  # the run itself finished: its summary is still what a script reads
-                click.echo(json.dumps(outcome.summary()))
+                click.echo(json.dumps({**outcome.summary(), "threads": threads}))
             sys.exit(1)
         click.echo(
             f"bundle: {outcome.bundle} ({parity['precision']}, {parity['cases']} parity cases passed, worst at "
@@ -226,7 +249,7 @@ def train(
         shown = f" (alias {', '.join(aliases)})" if aliases else ""
         click.echo(f"registered models:/{register_name}/{outcome.registered['version']}{shown}")
     if as_json:
-        click.echo(json.dumps(outcome.summary()))
+        click.echo(json.dumps({**outcome.summary(), "threads": threads}))
 
 
 def _print_scores(result) -> None:
@@ -240,9 +263,20 @@ def _print_scores(result) -> None:
     click.echo(f"run directory: {result.out} (checkpoint model.pt, config.json, spec.json, metrics.json)")
 
 
-def _launch(nproc: int) -> int:
+def _set_threads(threads: int | None) -> int:
+    """Give torch `threads` intra-op threads, by default this process's share of the cores (a
+    torchrun rank shares the machine with LOCAL_WORLD_SIZE processes); the number set."""
+    import torch
+
+    threads = threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _launch(nproc: int, threads: int | None) -> int:
     """This same command in `nproc` processes under torchrun (single node), without --nproc; its exit
-    status. torchrun stops every process when one fails."""
+    status. torchrun stops every process when one fails. OMP_NUM_THREADS, unless set already, is each
+    process's share of the cores (torchrun would set it to 1)."""
     args, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
@@ -253,7 +287,9 @@ def _launch(nproc: int) -> int:
             args.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command += ["-m", "cli.main", *args]
-    launcher = subprocess.Popen(command)
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", str(threads or default_threads(nproc)))
+    launcher = subprocess.Popen(command, env=env)
     # SIGTERM (and a SIGINT sent to this process alone) reach torchrun, which stops every rank
     forward = lambda signum, frame: launcher.send_signal(signum)  # noqa: E731
     for signum in (signal.SIGTERM, signal.SIGINT):

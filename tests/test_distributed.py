@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.helpers import rnnkit, start, toy_data
+from toolkit.core.devices import default_threads
 
 # A constant rate without warm-up: a resumed run with more epochs re-plans a cosine schedule, so it
 # would not (and should not) equal a run planned for all its epochs from the start.
@@ -51,6 +52,7 @@ def test_two_processes_train_the_weights_of_one(tmp_path, task, cell):
     assert worst <= 1e-5
     assert all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for x, y in losses)
     assert s1["metrics"].keys() == s2["metrics"].keys()
+    assert (s1["threads"], s2["threads"]) == (default_threads(), default_threads(2))  # a share of the cores each
 
 
 @pytest.mark.ddp

@@ -83,6 +83,7 @@ def run(
     register: str | None = None,
     aliases: tuple[str, ...] = (),
     progress: bool = False,
+    progress_every: float = 0.0,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     on_trained: Callable[[Any], None] | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
@@ -93,7 +94,8 @@ def run(
     `on_trained(train_result)` runs between training and export (the CLI prints the scores there);
     `on_epoch_end(epoch, record)` after each epoch, once MLflow has it (a tuner prunes there: an
     exception with a `run_status` attribute ends the MLflow run with that status, e.g. KILLED);
-    `run_tags` are set on a new MLflow run (e.g. mlflow.parentRunId)."""
+    `run_tags` are set on a new MLflow run (e.g. mlflow.parentRunId). `progress`: tqdm bars;
+    `progress_every` > 0: a plain progress line on stderr at most that often (seconds)."""
     from toolkit.train.distributed import world
     from toolkit.train.loop import train
 
@@ -121,6 +123,7 @@ def run(
             config,
             resume=resume,
             progress=progress,
+            progress_every=progress_every,
             log=log,
             on_start=tracker.start if tracker else None,  # after the data and config checks
             on_epoch_end=_chained(tracker.on_epoch_end if tracker else None, on_epoch_end),

@@ -42,6 +42,7 @@ from toolkit.train import checkpoint as ckpt
 from toolkit.train import distributed
 from toolkit.train.class_weights import class_weights, describe
 from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
+from toolkit.train.progress import ProgressLine
 
 STATE_KEYS = frozenset({"model", "optimizer", "schedule", "scaler", "torch_rng", "fingerprint", "epoch", "history"})
 
@@ -97,8 +98,12 @@ def train(
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    progress_every: float = 0.0,
 ) -> TrainResult:
     """Train as `config` says, writing the run directory `config.train.out`.
+
+    `progress`: a tqdm bar per pass; `progress_every` > 0: a plain line on stderr at most that
+    often during a pass (for logs, where a bar does not render).
 
     Data is read and checked before anything is written, so bad input leaves no directory.
     `on_start()` runs once the data, model and config have passed their checks and the run
@@ -118,13 +123,13 @@ def train(
         )
     w = distributed.world()
     if not w.main:  # rank 0 speaks and writes for the group
-        log, progress, on_start, on_epoch_end = (lambda msg: None), False, None, None
+        log, progress, progress_every, on_start, on_epoch_end = (lambda msg: None), False, 0.0, None, None
     device = distributed.start(w, pick_device(config.train.device))
     seed_everything(config.train.seed)
     model = build_model(config.model, prepared.input, prepared.output).to(device)
     if w.active:  # same initial weights on every rank, a dropout stream of its own
         torch.manual_seed(config.train.seed + 7919 * w.rank)
-    run = _Run(config, prepared, model, device, progress, log, w)  # checks the rest of the config first
+    run = _Run(config, prepared, model, device, progress, log, w, progress_every)  # checks the rest of the config first
     params = sum(p.numel() for p in model.parameters())
     amp = " with mixed precision" if run.amp else ""
     ranks = f" x {w.size} processes (DDP, global batch {config.train.batch_size})" if w.active else ""
@@ -151,12 +156,14 @@ def train(
 class _Run:
     """State of one training run between epochs (all of it goes into state.pt)."""
 
-    def __init__(self, config: Config, prepared: Prepared, model: SequenceModel, device, progress, log, world=None):
+    def __init__(
+        self, config: Config, prepared: Prepared, model: SequenceModel, device, progress, log, world=None, every=0.0
+    ):
         self.cfg, self.data, self.model, self.device = config, prepared, model, device
         self.world = world or distributed.World()
         self.forward = None  # the DDP wrapper, in fit (after a resume has loaded the weights)
         self.task = config.task
-        self.progress, self.log = progress, log
+        self.progress, self.progress_every, self.log = progress, every, log
         self.out = Path(config.train.out)
         self.has_val = prepared.val is not None and len(prepared.val) > 0
         labels = prepared.output.labels
@@ -388,6 +395,7 @@ class _Run:
             step=self._step if training else None,
             rng=rng,
             progress=self.progress,
+            progress_every=self.progress_every,
             desc=f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate",
             label_smoothing=tcfg.label_smoothing,
             class_weight=self.class_weight,
@@ -448,13 +456,15 @@ def run_pass(
     class_weight: torch.Tensor | None = None,
     world: distributed.World | None = None,
     forward: Callable | None = None,
+    progress_every: float = 0.0,
 ) -> dict[str, float]:
     """One pass over `dataset`: training when `step` (the optimizer step) is given, else
     evaluation. Padded batches for sequence data, truncated-BPTT windows with the state
     carried (and detached) for streams. Returns the task metrics (plus speed and gradient
     norm when training). With an active `world` (DDP training) each rank takes its rows of every
     batch (`distributed.shard`) and runs `forward` (the DDP wrapper); loss and speed are the
-    group's, the other metrics this rank's rows'."""
+    group's, the other metrics this rank's rows'. `progress`: a tqdm bar; `progress_every` > 0: a
+    plain line on stderr at most every that many seconds (toolkit.train.progress)."""
     training = step is not None
     sequences = tasks.of(task).predicts == "sequences"  # seq2seq: teacher-forced, and decoded to score
     model.train(training)
@@ -462,6 +472,7 @@ def run_pass(
     streaming = isinstance(dataset, StreamDataset)
     batches = stream_windows(dataset, batch_size, bptt) if streaming else bucket_batches(dataset, batch_size, rng)
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=training, file=sys.stderr)
+    line = ProgressLine(progress_every, desc, len(batches)) if progress_every > 0 else None
     state = None
     steps, grad_norms, started = 0, [], time.perf_counter()
     sharded = world is not None and world.active
@@ -501,6 +512,8 @@ def run_pass(
         if progress:
             rate = steps / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{loss_value / max(int(count), 1):.4f}", steps_s=f"{rate:.0f}", refresh=False)
+        if line is not None:
+            line.update(steps_all if sharded else steps, loss_value, int(count))
     bar.close()
     result = metrics.compute()
     if training:
