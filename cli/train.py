@@ -64,7 +64,8 @@ FLAGS = {
     "pool": (
         "model",
         _choice(POOLS),
-        "classify/regress summary over time: last (final states) | mean | max (of every real step; no streaming).",
+        "classify/regress summary over time: last (final states) | mean | max | attention (over every real "
+        "step; no streaming).",
     ),
     "frame_stack": (
         "model",

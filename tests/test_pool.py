@@ -1,4 +1,4 @@
-"""model.pool: mean / max over each sequence's real steps for per-sequence heads, the same in
+"""model.pool: mean / max / attention over each sequence's real steps for per-sequence heads, the same in
 torch, the ONNX graph and the NumPy oracle (the export's certificate); such a bundle reads whole
 sequences only."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import make_config
+from tests.helpers import make_config, rnnkit
 from toolkit.core.bundle import BundleError, read_manifest
 from toolkit.core.errors import ConfigError
 from toolkit.export.exporter import export
@@ -22,6 +22,8 @@ from toolkit.train.loop import train
         ("classify", "max", "lstm", False),
         ("regress", "mean", "rnn", False),
         ("regress", "max", "gru", True),
+        ("classify", "attention", "lstm", True),
+        ("regress", "attention", "gru", False),
     ],
 )
 def test_pooled_model_exports_with_its_certificate(tmp_path, task, pool, cell, bidirectional):
@@ -40,6 +42,13 @@ def test_pooled_model_exports_with_its_certificate(tmp_path, task, pool, cell, b
     assert engine.step is None and why in engine.why_not_streaming
     with pytest.raises(BundleError, match=why):
         engine.stream()
+    if pool == "attention":  # the NumPy oracle attends too (torch-free verify); an LSTM also at int8
+        verified = rnnkit("verify", tmp_path / "bundle")
+        assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+        if cell == "lstm":
+            int8 = export(tmp_path / "run", tmp_path / "int8", precision="int8")
+            print(f"  int8: worst margin {int8.report.summary()['worst_margin']:.3f}")
+            assert int8.report.passed and int8.written, int8.report.reasons
 
 
 def test_pooling_ignores_padding_in_torch(tmp_path):
@@ -48,7 +57,7 @@ def test_pooling_ignores_padding_in_torch(tmp_path):
     from toolkit.models.encoder import RecurrentEncoder
 
     torch.manual_seed(0)
-    for pool in ("mean", "max"):
+    for pool in ("mean", "max", "attention"):
         enc = RecurrentEncoder(3, ModelConfig(cell="gru", hidden_size=5, bidirectional=True, pool=pool)).eval()
         x = torch.randn(2, 9, 3)
         x[0, 4:] = 1e6  # padding of sequence 0, huge: must not reach its summary

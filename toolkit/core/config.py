@@ -33,7 +33,7 @@ FORMATS = ("auto", *tasks.FORMATS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
 NORMALIZATIONS = ("dataset", "sequence")
-POOLS = ("last", "mean", "max")
+POOLS = ("last", "mean", "max", "attention")
 MAX_FRAME_STACK = 256
 
 
@@ -52,7 +52,8 @@ class ModelConfig:
     # sequence's own (sequence: whole sequences only, so such a model cannot stream)
     normalize: str = "dataset"
     # classify / per-sequence regress: the summary the head reads. last: the final states (each
-    # direction's); mean / max: over the top layer's outputs at every real step (whole sequences only)
+    # direction's); mean / max: over the top layer's outputs at every real step; attention: their
+    # weighted sum, the weights a learned softmax over the real steps (whole sequences only)
     pool: str = "last"
     # classify / per-sequence regress on features: K consecutive steps concatenated into one frame
     # before layer 0 (a series of T steps is read in ceil(T / K) frames; whole sequences only)

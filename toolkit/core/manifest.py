@@ -128,7 +128,7 @@ class ModelInfo(BaseModel):
     # seq2seq: the decoder (its state is the manifest's `state`) and the attention over the encoder
     decoder: DecoderInfo | None = None
     attention: Literal["none", "additive", "multiplicative"] | None = None
-    pool: Literal["last", "mean", "max"] = "last"  # since 0.3; per-sequence heads only
+    pool: Literal["last", "mean", "max", "attention"] = "last"  # since 0.3; per-sequence heads only
     frame_stack: Annotated[StrictInt, Field(ge=1, le=MAX_FRAME_STACK)] = 1  # since 0.3; features, per-sequence heads
 
 

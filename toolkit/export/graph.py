@@ -123,7 +123,7 @@ def build_full_graph(
         y = _head(g, plan, weights, g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2]))
         out_dims = ["batch", "time", plan.head_size]
     else:
-        y = _head(g, plan, weights, _pool(g, plan, top, finals[-1][0], lengths))
+        y = _head(g, plan, weights, _pool(g, plan, weights, top, finals[-1][0], lengths))
         out_dims = ["batch", plan.head_size]
 
     inputs = [
@@ -335,6 +335,10 @@ class _Plan:
         if extra:
             raise ExportGraphError(f"weights hold more layers than num_layers={cfg.num_layers}: {extra[0]}, ...")
 
+        if cfg.pool == "attention":
+            expect("encoder.attention_proj.weight", (cfg.output_size, cfg.output_size))
+            expect("encoder.attention_proj.bias", (cfg.output_size,))
+            expect("encoder.attention_score.weight", (1, cfg.output_size))
         head = get("head.weight")
         head_size = int(head.shape[0])
         expect("head.weight", (head_size, cfg.output_size))
@@ -572,8 +576,10 @@ def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int) -> tuple[str, st
     return frames, lengths
 
 
-def _pool(g: _GraphBuilder, plan: _Plan, top: str, top_h: str, lengths: str = "lengths") -> str:
+def _pool(g: _GraphBuilder, plan: _Plan, weights, top: str, top_h: str, lengths: str = "lengths") -> str:
     """Many-to-one summary [B, W], as torch's encoder computes it (`lengths`: of the top's steps)."""
+    if plan.cfg.pool == "attention":
+        return _attend(g, weights, top, lengths)
     if plan.cfg.pool != "last":
         return _pool_over_time(g, plan.cfg.pool, top, lengths)
     if plan.directions == 2:
@@ -604,6 +610,25 @@ def _pool_over_time(g: _GraphBuilder, pool: str, top: str, lengths: str = "lengt
         return g.one("Div", [summed, count], "pooled")
     masked = g.one("Where", [real, top_bm, g.const("pool.minus_inf", -np.inf)], "pool.real_outputs")
     return g.one("ReduceMax", [masked], "pooled", axes=[1], keepdims=0)  # axes an attribute up to opset 17
+
+
+def _attend(g: _GraphBuilder, weights, top: str, lengths: str) -> str:
+    """Attention pooling of the top outputs [T, B, W]: scores v . tanh(x W^T + b) per step, -inf
+    at padding (Where), Softmax over time, then the weighted sum of the outputs."""
+    top_bm = g.one("Transpose", [top], "top_batch_major", perm=[1, 0, 2])
+    proj = np.asarray(weights["encoder.attention_proj.weight"], dtype=np.float64).T
+    hidden = g.one("MatMul", [top_bm, g.const("pool.attention_proj_t", proj)], "pool.attention_matmul")
+    hidden = g.one(
+        "Add", [hidden, g.const("pool.attention_bias", weights["encoder.attention_proj.bias"])], "pool.attention_pre"
+    )
+    hidden = g.one("Tanh", [hidden], "pool.attention_hidden")
+    score = np.asarray(weights["encoder.attention_score.weight"], dtype=np.float64).T  # [W, 1]
+    scores = g.one("MatMul", [hidden, g.const("pool.attention_score_t", score)], "pool.attention_scores")  # [B, T, 1]
+    real = _real_steps(g, top_bm, prefix="pool.", lengths=lengths)
+    scores = g.one("Where", [real, scores, g.const("pool.minus_inf", -np.inf)], "pool.attention_real_scores")
+    alpha = g.one("Softmax", [scores], "pool.attention_weights", axis=1)
+    weighted = g.one("Mul", [alpha, top_bm], "pool.attention_weighted")
+    return g.one("ReduceSum", [weighted, g.ints("pool.time_axis", [1])], "pooled", keepdims=0)
 
 
 def _head(g: _GraphBuilder, plan: _Plan, weights, x: str) -> str:

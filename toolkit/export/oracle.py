@@ -415,6 +415,8 @@ class GraphModel:
         top, finals, lengths = self._encode(x, lengths)
         if self.per_step:
             pooled = top
+        elif self.model.get("pool", "last") == "attention":  # a softmax over each sequence's real steps
+            pooled = np.stack([self._attend(top[b, :n]) for b, n in enumerate(np.asarray(lengths))])
         elif self.model.get("pool", "last") != "last":  # over each sequence's real steps
             reduce = np.mean if self.model["pool"] == "mean" else np.max
             pooled = np.stack([reduce(top[b, :n], axis=0) for b, n in enumerate(np.asarray(lengths))])
@@ -424,6 +426,15 @@ class GraphModel:
         else:  # the top output (residual included) at each sequence's last real step
             pooled = top[np.arange(len(lengths)), np.asarray(lengths) - 1]
         return pooled @ self.w["head.weight_t"] + self.w["head.bias"]
+
+    def _attend(self, h: np.ndarray) -> np.ndarray:
+        """h [n, W] -> sum_t a_t h_t, a = softmax_t(v . tanh(W h_t + b)) (graph names: pool.attention_*)."""
+        scores = (
+            np.tanh(h @ self.w["pool.attention_proj_t"] + self.w["pool.attention_bias"])
+            @ self.w["pool.attention_score_t"]
+        )
+        weights = np.exp(scores[:, 0] - scores[:, 0].max())
+        return (weights / weights.sum()) @ h
 
     def final_state(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The state step.onnx returns after all of x from zeros: {"h": [L, B, H]} (+ "c")."""

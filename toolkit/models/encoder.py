@@ -33,6 +33,9 @@ class RecurrentEncoder(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout)
         self.output_size = cfg.output_size
+        if cfg.pool == "attention":  # feed-forward attention over time: score_t = v . tanh(W h_t + b)
+            self.attention_proj = nn.Linear(cfg.output_size, cfg.output_size)
+            self.attention_score = nn.Linear(cfg.output_size, 1, bias=False)
 
     @property
     def directions(self) -> int:
@@ -74,6 +77,14 @@ class RecurrentEncoder(nn.Module):
             x = out
         return x, self._pool(x, h_top, lengths), new_state
 
+    def _attend(self, outputs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """sum_t a_t h_t, a = softmax over the real steps of v . tanh(W h_t + b) (padding gets 0)."""
+        scores = self.attention_score(torch.tanh(self.attention_proj(outputs))).squeeze(-1)  # [B, T]
+        if lengths is not None:
+            scores = scores.masked_fill(~real_steps(lengths, outputs.shape[1], outputs.device), float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        return (weights.unsqueeze(-1) * outputs).sum(dim=1)
+
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         if self.cfg.bidirectional and self.cfg.merge == "sum":
             forward, backward = out.chunk(2, dim=-1)
@@ -81,6 +92,8 @@ class RecurrentEncoder(nn.Module):
         return out
 
     def _pool(self, outputs: torch.Tensor, h_top: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.pool == "attention":
+            return self._attend(outputs, lengths)
         if self.cfg.pool != "last":  # over every real step: gradients reach each step directly
             if lengths is None:
                 return outputs.mean(dim=1) if self.cfg.pool == "mean" else outputs.amax(dim=1)
