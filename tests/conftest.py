@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 _STORE = tempfile.mkdtemp(prefix="rnnkit-mlflow-")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STORE}/mlflow.db"
 os.environ.setdefault("MPLCONFIGDIR", _STORE)
 os.environ["RNNKIT_CACHE"] = os.path.join(_STORE, "cache")  # models downloaded by URI
+# A suite started in the background of a non-interactive shell (`make test &`, nohup) inherits
+# SIGINT ignored, and so would every `rnnkit` it starts: the Ctrl-C tests need it delivered.
+# (Handlers reset to the default at exec; only "ignored" is inherited.)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionstart(session):
