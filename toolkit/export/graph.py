@@ -19,7 +19,7 @@ Two graphs (names of inputs and outputs are the bundle's contract with the runti
   Features normalised per sequence (`model.normalize: sequence`, toolkit.core.normalize) are
   scaled by each sequence's own mean and std over its real steps, as nodes (below).
 - `step.onnx` (`build_step_graph`), models that can stream only (toolkit.core.streaming: not
-  bidirectional, not normalised per sequence):
+  bidirectional, not normalised per sequence, pooled by the last step, not frame-stacked):
   chunk (`tokens` [batch, chunk] | `features` [batch, chunk, F]), `h` [L, batch, H]
   (+ `c` for LSTM) -> per-step `logits` | `values` [batch, chunk, K], `h_next` (+ `c_next`).
   Per-sequence heads (classify, regress) give at every step the prediction for the sequence
@@ -33,6 +33,8 @@ initial states sliced from `h`/`c`):
        | per sequence: d = (features - features[:, :1]) * mask, mask = step < lengths;
          c = (d - ReduceSum_t(d) / n) * mask, n = ReduceSum_t(mask); c / Sqrt(ReduceSum_t(c*c) / n + eps)
          (Where, not *, applies the mask: see `_normalise_sequences`)
+       | frames of K (model.frame_stack): Sub(mean), Mul(1/std), padding 0, Pad the time axis to
+         a multiple of K, Reshape [B, T/K, K*F]; lengths -> frame lengths (lengths + K-1) / K
     -> Transpose -> [T, B, I]
     -> per layer i: RNN|LSTM|GRU(W, R, B, sequence_lens=Cast(lengths, int32)) -> Y [T, D, B, H]
        -> Squeeze (one direction) | Transpose+Reshape [T, B, 2H] (concat) | ReduceSum (sum)
@@ -40,7 +42,9 @@ initial states sliced from `h`/`c`):
     -> per-step head: Transpose -> [B, T, W] -> MatMul + Add (for regress, the target scale
        (x W + b) * std + mean is folded into W and b)
     -> per-sequence head: pooled = GatherND(top output, max(lengths-1, 0), batch_dims=1) (one direction)
-       or the top node's Y_h, directions concatenated or summed (two) -> MatMul + Add (...)
+       or the top node's Y_h, directions concatenated or summed (two); model.pool mean / max: masked
+       ReduceSum / ReduceMax over time; attention: Softmax over time of MatMul(Tanh(MatMul + Add))
+       scores, -inf at padding, then the weighted sum -> MatMul + Add (...)
 
 Dropout is the identity at inference and has no node. Weights are stored as float32.
 
