@@ -13,7 +13,9 @@
   ragged batches packed with `pack_padded_sequence` (what torch needs for correct final states),
   uniform ones not.
 - every cell, uniform lengths (every sequence `--steps` long) and ragged (half to one and a half
-  times that), bidirectional 1 x `--hidden`, batch `--batch`.
+  times that), bidirectional (or `--unidirectional`) 1 x `--hidden`, batch `--batch`. A
+  unidirectional rnnkit model trains padded batches unpacked (their state is not needed), where
+  the plain loop packs them as torch needs for correct final states.
 
 Overhead = plain steps/s / rnnkit steps/s - 1 (positive: rnnkit slower). Target <= 10%, and GRU no
 slower than plain torch GRU.
@@ -50,7 +52,7 @@ def rnnkit_epochs(data: Path, out: Path, cell: str, args) -> list[float]:
 
     cfg = Config(task="classify")
     cfg.data.data, cfg.data.val_fraction = str(data), 0.02
-    cfg.model.cell, cfg.model.hidden_size, cfg.model.bidirectional = cell, args.hidden, True
+    cfg.model.cell, cfg.model.hidden_size, cfg.model.bidirectional = cell, args.hidden, not args.unidirectional
     cfg.train.epochs, cfg.train.batch_size, cfg.train.device = args.epochs, args.batch, "cpu"
     cfg.train.out = str(out)
     train(cfg, progress=False, log=lambda m: None)
@@ -80,8 +82,9 @@ def plain_epochs(data: Path, cell: str, args) -> list[float]:
     class Plain(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = module(args.features, args.hidden, batch_first=True, bidirectional=True)
-            self.head = nn.Linear(2 * args.hidden, 4)
+            self.bidirectional = not args.unidirectional
+            self.rnn = module(args.features, args.hidden, batch_first=True, bidirectional=self.bidirectional)
+            self.head = nn.Linear((2 if self.bidirectional else 1) * args.hidden, 4)
 
         def forward(self, x, lengths):
             if bool((lengths == x.shape[1]).all()):
@@ -89,7 +92,7 @@ def plain_epochs(data: Path, cell: str, args) -> list[float]:
             else:
                 _, h = self.rnn(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
             h = h[0] if isinstance(h, tuple) else h
-            return self.head(torch.cat([h[0], h[1]], dim=-1))
+            return self.head(torch.cat([h[0], h[1]], dim=-1) if self.bidirectional else h[0])
 
     torch.manual_seed(0)
     model = Plain()
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--unidirectional", action="store_true", help="one direction (default: two)")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args()
     import torch
@@ -127,7 +131,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"training throughput, bidirectional 1x{args.hidden}, {args.features} features, batch {args.batch}, "
+        f"training throughput, {'uni' if args.unidirectional else 'bi'}directional 1x{args.hidden}, "
+        f"{args.features} features, batch {args.batch}, "
         f"{args.sequences} sequences of {args.steps} steps (ragged: {args.steps // 2}..{args.steps * 3 // 2}); "
         f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.epochs - 1} timed epochs, medians"
     )

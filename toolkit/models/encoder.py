@@ -42,7 +42,7 @@ class RecurrentEncoder(nn.Module):
         return 2 if self.cfg.bidirectional else 1
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None, final_state: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """x [B, T, I] -> (outputs [B, T, output_size], pooled [B, output_size], new state).
 
@@ -52,6 +52,10 @@ class RecurrentEncoder(nn.Module):
         `pooled` is the many-to-one summary: the top layer's output at each sequence's last real
         step (unidirectional), or the final state of each direction, merged (bidirectional); with
         `pool` mean or max, the mean or maximum of the top layer's outputs over the real steps.
+        `final_state` False (the caller ignores the state): a unidirectional stack runs padded
+        batches unpacked, 2-4x faster for LSTM and GRU on the CPU; a step's output depends only on
+        the steps before it, so padding after a sequence's end changes none of its real outputs
+        (the outputs at padded steps, and the returned state, are then not meaningful).
         """
         new_state: State = []
         total = x.shape[1]
@@ -60,10 +64,11 @@ class RecurrentEncoder(nn.Module):
             # No padding in this batch: packing would change nothing but the speed (torch's GRU
             # runs packed batches 5x slower on the CPU).
             lengths = None
+        packed = lengths is not None and (self.cfg.bidirectional or final_state)
         for i, layer in enumerate(self.layers):
             inp = self.dropout(x) if i > 0 else x
             initial = state[i] if state is not None else None
-            if lengths is None:
+            if not packed:
                 out, s = layer(inp, initial)
             else:
                 packed = pack_padded_sequence(inp, lengths.cpu(), batch_first=True, enforce_sorted=False)

@@ -54,7 +54,9 @@ class SequenceModel(nn.Module):
     def forward(
         self, inputs: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
-        """inputs int64 [B, T] or float [B, T, F]; lengths int64 [B] (None: no padding)."""
+        """inputs int64 [B, T] or float [B, T, F]; lengths int64 [B] (None: no padding). The state
+        is the one a stream carries on (lengths None); for a padded batch of a unidirectional
+        model, which runs unpacked, it is None."""
         if self.tokens:
             x = self.embedding(inputs)
         elif self.per_sequence:
@@ -63,11 +65,12 @@ class SequenceModel(nn.Module):
             x = (inputs - self.feature_mean) / self.feature_std
         if self.cfg.frame_stack > 1:
             x, lengths = stack_frames(x, lengths, self.cfg.frame_stack)
-        outputs, pooled, new_state = self.encoder(x, lengths, state)
+        # Padded batches need no final state (only streams carry it): unidirectional stacks skip packing.
+        outputs, pooled, new_state = self.encoder(x, lengths, state, final_state=lengths is None)
         y = self.head(outputs if self.per_step else pooled)
         if self.values:
             y = y * self.target_std + self.target_mean
-        return y, new_state
+        return y, new_state if lengths is None or self.cfg.bidirectional else None
 
     def normalised(self, values: torch.Tensor) -> torch.Tensor:
         """Regression values (predictions or targets) on the scale the loss is computed on."""
