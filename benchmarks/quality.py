@@ -6,7 +6,7 @@ split (resample 0 of the result files in the aeon wheel); then Shakespeare's com
 character language model (the demo's flags), scored by held-out bits per character.
 
     .venv/bin/python -m benchmarks.quality [--sets ItalyPowerDemand,GunPoint,shakespeare,...] [--out runs/quality]
-        [--budget-scale 1.0] [--seed 0] [--long] [--mlflow] [--export] [--json results.json]
+        [--budget-scale 1.0] [--seed 0] [--seeds 1] [--long] [--mlflow] [--export] [--json results.json]
 
 Every step is a real `rnnkit` process, printed as it runs (as `make demo` does) and kept with its
 results in the --json file. Each data set's flags and time budget are in SETS (and LM) below;
@@ -29,6 +29,7 @@ import itertools
 import json
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -177,34 +178,49 @@ def tracking_store(out: Path) -> str:
     return uri
 
 
-def common_flags(args, run: Path) -> list[str]:
+def common_flags(args, run: Path, seed: int | None = None) -> list[str]:
     """The flags every training run shares: where it goes, the seed, export and MLflow."""
     tracking = ["--tracking-uri", args.tracking_uri, "--experiment", EXPERIMENT] if args.mlflow else ["--no-mlflow"]
     export = "--export" if args.export else "--no-export"
-    return ["--out", str(run), "--seed", str(args.seed), "--no-progress", export, *tracking]
+    seed = args.seed if seed is None else seed
+    return ["--out", str(run), "--seed", str(seed), "--no-progress", export, *tracking]
 
 
 def classifier(name: str, args) -> dict:
+    """One data set: trained and scored once per seed (--seeds N: seeds --seed .. --seed+N-1, each
+    in OUT/<set>/seed-<k>); the row's accuracy, macro-F1 and seconds are the means over the seeds,
+    with each seed's figures under "seeds" and the accuracy's range."""
     spec = SETS[name]
     train, test = example_path(f"{spec['stem']}_TRAIN.ts"), example_path(f"{spec['stem']}_TEST.ts")
-    run = Path(args.out) / name
-    shutil.rmtree(run, ignore_errors=True)
     budget = spec["budget"] * args.budget_scale
     flags = shlex.split(spec["flags"])
     row = {"set": name, "stem": spec["stem"], **describe(train, test), "model": model_summary(flags)}
-    row.update(budget_s=budget, published=published(spec["stem"]))
-    try:
-        row["train_summary"] = rnnkit(
-            row, "train", "--task", "classify", "--data", str(train), *flags, "--max-time", f"{budget:g}",
-            *common_flags(args, run))  # fmt: skip
-        row["train_s"] = row["commands"][-1]["seconds"]
-        scored = rnnkit(row, "evaluate", str(run), "--data", str(test))
-    except Failed as e:
-        row["error"] = str(e)
-        return row
-    row.update(accuracy=scored["accuracy"], macro_f1=scored["macro_f1"], test_loss=scored.get("loss"))
+    row.update(budget_s=budget, published=published(spec["stem"]), seeds=[])
+    for seed in range(args.seed, args.seed + args.seeds):
+        run = Path(args.out) / name if args.seeds == 1 else Path(args.out) / name / f"seed-{seed}"
+        shutil.rmtree(run, ignore_errors=True)
+        try:
+            summary = rnnkit(
+                row, "train", "--task", "classify", "--data", str(train), *flags, "--max-time", f"{budget:g}",
+                *common_flags(args, run, seed))  # fmt: skip
+            seconds = row["commands"][-1]["seconds"]
+            scored = rnnkit(row, "evaluate", str(run), "--data", str(test))
+        except Failed as e:
+            row["error"] = f"seed {seed}: {e}"
+            return row
+        row["train_summary"] = summary
+        row["seeds"].append(
+            {"seed": seed, "accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"], "train_s": seconds,
+             "epochs_run": summary["epochs_run"], "test_loss": scored.get("loss")})  # fmt: skip
+    runs = row["seeds"]
+    row.update(
+        accuracy=statistics.mean(r["accuracy"] for r in runs),
+        accuracy_range=[min(r["accuracy"] for r in runs), max(r["accuracy"] for r in runs)],
+        macro_f1=statistics.mean(r["macro_f1"] for r in runs),
+        train_s=statistics.mean(r["train_s"] for r in runs),
+    )
     baseline = row["published"][BASELINE]
-    row["gap"] = None if baseline is None else scored["accuracy"] - baseline
+    row["gap"] = None if baseline is None else row["accuracy"] - baseline
     return row
 
 
@@ -239,6 +255,8 @@ def fmt(value: float | None, signed: bool = False) -> str:
 
 
 def epochs_note(row: dict) -> str:
+    if len(row.get("seeds", [])) > 1:
+        return f", {len(row['seeds'])} seeds"
     trained = row.get("train_summary")
     if trained is None:
         return ""
@@ -258,7 +276,10 @@ def table(rows: list[dict], lm: dict | None) -> str:
         if "error" in row:
             results = [f"failed ({row['error']})", DASH, DASH]
         else:
-            results = [f"{row['train_s']:.0f} ({row['budget_s']:g})", fmt(row["accuracy"]), fmt(row["macro_f1"])]
+            accuracy = fmt(row["accuracy"])
+            if len(row["seeds"]) > 1:  # mean (min-max) over the seeds
+                accuracy += " ({:.3f}-{:.3f})".format(*row["accuracy_range"])
+            results = [f"{row['train_s']:.0f} ({row['budget_s']:g})", accuracy, fmt(row["macro_f1"])]
         sizes = f"{row['train_size']}/{row['test_size']}"
         cells = [row["set"], length, sizes, str(row["classes"]), row["model"] + epochs_note(row)]
         cells += results + [fmt(row["published"][name]) for name in PUBLISHED] + [fmt(row.get("gap"), signed=True)]
@@ -294,6 +315,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/quality", help="run directories and the MLflow store (runs/quality)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every time budget (1.0)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="classifiers: seeds --seed .. --seed+N-1, mean (min-max)")
     parser.add_argument("--long", action="store_true", help="the language model on every play, longer budget")
     parser.add_argument("--mlflow", action="store_true", help="record the runs in sqlite:///OUT/mlflow.db")
     parser.add_argument("--export", action="store_true", help="end each run with a verified ONNX bundle")
@@ -301,9 +323,9 @@ def main() -> None:
     args = parser.parse_args()
     chosen = names if args.sets == "all" else [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in names]
-    if unknown or args.budget_scale <= 0:
+    if unknown or args.budget_scale <= 0 or args.seeds < 1:
         parser.error(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(names)}" if unknown else
-                     "--budget-scale must be positive")  # fmt: skip
+                     "--budget-scale and --seeds must be positive")  # fmt: skip
     Path(args.out).mkdir(parents=True, exist_ok=True)
     args.tracking_uri = tracking_store(Path(args.out)) if args.mlflow else None
 
