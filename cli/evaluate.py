@@ -6,8 +6,8 @@ import json
 
 import click
 
-from cli.main import user_errors
-from toolkit.core.devices import TRAIN_DEVICES, default_threads
+from cli.main import set_torch_threads, user_errors
+from toolkit.core.devices import TRAIN_DEVICES
 
 
 @click.command()
@@ -24,11 +24,9 @@ from toolkit.core.devices import TRAIN_DEVICES, default_threads
 @user_errors
 def evaluate(run_dir, data, batch_size, device, threads, as_json):
     """Score the best model of RUN_DIR on a labelled data file."""
-    import torch
-
     from toolkit.train.evaluate import evaluate as run_evaluate
 
-    torch.set_num_threads(threads or default_threads())
+    set_torch_threads(threads)
     metrics = run_evaluate(run_dir, data, batch_size=batch_size, device=device)
     if as_json:
         click.echo(json.dumps(metrics))

@@ -114,6 +114,20 @@ def message_size_option(what: str):
     )
 
 
+def set_torch_threads(threads: int | None) -> int:
+    """Give torch `threads` intra-op threads (train, evaluate), by default this process's share of
+    the cores (a torchrun rank shares the machine with LOCAL_WORLD_SIZE processes); the number set."""
+    import os
+
+    import torch
+
+    from toolkit.core.devices import default_threads
+
+    threads = threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def model_argument(fn):
     """The MODEL argument: a bundle directory or an MLflow model URI (toolkit.runtime.source)."""
     return click.argument("model", metavar="MODEL")(fn)

@@ -11,7 +11,7 @@ import sys
 import click
 
 from cli.export import PRECISIONS
-from cli.main import user_errors
+from cli.main import set_torch_threads, user_errors
 from toolkit.core.config import (
     ATTENTIONS,
     CELLS,
@@ -200,7 +200,7 @@ def train(
         config.train.clip = None
     for name, value in flags.items():
         config.override(FLAGS[name][0], name, value)
-    threads = _set_threads(threads)
+    threads = set_torch_threads(threads)
     bars = sys.stderr.isatty() if progress is None else progress
     try:
         outcome = pipeline.run(
@@ -262,16 +262,6 @@ def _print_scores(result) -> None:
         click.echo("sample from the best model:")
         click.echo("  " + result.sample.replace("\n", "\n  "))
     click.echo(f"run directory: {result.out} (checkpoint model.pt, config.json, spec.json, metrics.json)")
-
-
-def _set_threads(threads: int | None) -> int:
-    """Give torch `threads` intra-op threads, by default this process's share of the cores (a
-    torchrun rank shares the machine with LOCAL_WORLD_SIZE processes); the number set."""
-    import torch
-
-    threads = threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(threads)
-    return threads
 
 
 def _launch(nproc: int, threads: int | None) -> int:

@@ -64,11 +64,11 @@ class RecurrentEncoder(nn.Module):
             # No padding in this batch: packing would change nothing but the speed (torch's GRU
             # runs packed batches 5x slower on the CPU).
             lengths = None
-        packed = lengths is not None and (self.cfg.bidirectional or final_state)
+        pack = lengths is not None and (self.cfg.bidirectional or final_state)
         for i, layer in enumerate(self.layers):
             inp = self.dropout(x) if i > 0 else x
             initial = state[i] if state is not None else None
-            if not packed:
+            if not pack:
                 out, s = layer(inp, initial)
             else:
                 packed = pack_padded_sequence(inp, lengths.cpu(), batch_first=True, enforce_sorted=False)

@@ -25,11 +25,12 @@ def stack_frames(x: torch.Tensor, lengths: torch.Tensor | None, k: int) -> tuple
     batch, total, width = x.shape
     if lengths is not None:
         x = torch.where(real_steps(lengths, total, x.device).unsqueeze(-1), x, 0.0)
-    x = functional.pad(x, (0, 0, 0, (-total) % k))
-    frames = x.reshape(batch, x.shape[1] // k, k * width)
-    return frames, None if lengths is None else (lengths + k - 1) // k
+    count = frames_of(total, k)
+    frames = functional.pad(x, (0, 0, 0, count * k - total)).reshape(batch, count, k * width)
+    return frames, None if lengths is None else frames_of(lengths, k)
 
 
-def frames_of(steps: int, k: int) -> int:
-    """How many frames a sequence of `steps` steps has."""
+def frames_of(steps, k: int):
+    """How many frames a sequence of `steps` steps has, ceil(steps / k) (an int, or a tensor of
+    lengths)."""
     return -(-steps // k)
