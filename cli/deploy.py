@@ -70,8 +70,9 @@ def triton_options(fn):
 @user_errors
 def triton(model, out, name, as_json, allow_unverified, **options):
     """Write a Triton model repository for MODEL: an onnxruntime-backend model (streams: the step
-    graph with implicit state under the sequence batcher; bidirectional: model.onnx under the dynamic
-    batcher) and a Python-backend model running the same graph, both with the same inputs and outputs.
+    graph with implicit state under the sequence batcher; bidirectional and frame-stacked: model.onnx
+    under the dynamic batcher) and a Python-backend model running the same graph, both with the same
+    inputs and outputs.
 
     MODEL is a bundle directory or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS).
     """

@@ -30,6 +30,10 @@ def stream(model, device, threads, max_chunk, max_message_bytes, allow_unverifie
     "predictions"}; a bad line with {"line", "error"} (other streams go on), a reset or end of a
     stream that is not open too. Exit code 1 if any line failed.
 
+    A frame-stacked model (--frame-stack K) answers once per K steps: a reply holds an output for
+    each frame the chunk completed (maybe none), "frame" (the index of the first) and "buffered"
+    (steps waiting for their frame); an end answers the waiting steps with one last output.
+
     MODEL is a bundle directory or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/model (downloaded once, then run from the local cache).
     """
@@ -65,18 +69,20 @@ def stream(model, device, threads, max_chunk, max_message_bytes, allow_unverifie
             _send({"line": number, "stream": msg.stream, "error": unknown_stream(msg.stream, msg.kind)})
         elif msg.kind in ("reset", "end"):
             s = streams.pop(msg.stream) if msg.kind == "end" else streams[msg.stream]
-            _send(control_reply(msg.stream, msg.kind, s.steps))
+            tail = codec.tail(s.frames, s.waiting, codec.present(s.tail()[None])[0]) if msg.kind == "end" else None
+            _send(control_reply(msg.stream, msg.kind, s.steps, tail))
             s.reset()
         else:
             s = streams.get(msg.stream) or streams.setdefault(msg.stream, engine.stream())
-            start = s.steps
+            start, frame = s.steps, s.frames
             try:
                 outputs = s.push(msg.chunk)
             except InputError as e:  # the codec checks first; this is the engine's own guard
                 failed += 1
                 _send({"line": number, "error": str(e)})
                 continue
-            _send(codec.reply(msg.stream, start, codec.present(outputs[None])[0], msg.unknown))
+            presented = codec.present(outputs[None])[0]
+            _send(codec.reply(msg.stream, start, presented, msg.unknown, frame, s.waiting))
     sys.exit(1 if failed else 0)
 
 

@@ -1,6 +1,7 @@
 """model.frame_stack: K consecutive steps of a feature series read as one frame, the same in
 torch, the ONNX graph and the NumPy oracle (certificate, torch-free verify); partial last frames
-and padding; refusals for tokens and per-step tasks; such a bundle reads whole sequences only."""
+and padding; refusals for tokens and per-step tasks. Streaming a frame-stacked model:
+tests/test_frames_stream.py."""
 
 from __future__ import annotations
 
@@ -62,13 +63,17 @@ def test_frame_stacked_model_exports_with_its_certificate(tmp_path, task, k, poo
           f"worst {report['worst_margin']:.3f}")  # fmt: skip
     assert result.report.passed and result.written, result.report.reasons
     manifest = read_manifest(tmp_path / "bundle")
-    assert manifest["model"]["frame_stack"] == k and manifest["state"] is None
+    streams = not bidirectional and normalize == "dataset" and pool == "last"
+    assert manifest["model"]["frame_stack"] == k and (manifest["state"] is not None) == streams
     engine = Engine(tmp_path / "bundle")
-    assert engine.step is None and engine.why_not_streaming
-    if not bidirectional and normalize == "dataset" and pool == "last":  # frames the only reason
-        assert "frame-stacked model (model.frame_stack: 4)" in engine.why_not_streaming
-    with pytest.raises(BundleError, match="cannot stream|reads whole sequences only"):
-        engine.stream()
+    if streams:  # certified on streams fed whole frames, then the partial last frame
+        cases = [c["name"] for c in json.loads((tmp_path / "bundle" / "parity.json").read_text())["cases"]]
+        assert f"stream of 998, chunks of 3 frames of {k}" in cases, cases
+        assert engine.step is not None and engine.why_not_streaming is None
+    else:
+        assert engine.step is None and "cannot stream" in engine.why_not_streaming
+        with pytest.raises(BundleError, match="cannot stream"):
+            engine.stream()
     verified = rnnkit("verify", tmp_path / "bundle")  # torch-free: the NumPy oracle stacks frames too
     print(verified.stdout[-300:])
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]

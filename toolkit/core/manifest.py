@@ -161,7 +161,7 @@ class Manifest(Strict):
         if tasks.of(self.task).predicts == "sequences":
             return self._consistent_seq2seq()
         normalize = getattr(self.input, "normalize", "dataset")
-        whole = whole_sequences_only(self.model.bidirectional, normalize, self.model.pool, self.model.frame_stack)
+        whole = whole_sequences_only(self.model.bidirectional, normalize, self.model.pool)
         if (whole is not None) != (self.state is None):
             raise ValueError(
                 "state must be null exactly when the model reads whole sequences only (bidirectional, features "

@@ -141,9 +141,10 @@ def certify(
     rng = np.random.default_rng(seed)
     reference = TorchReference(model, rng, rule)
     make_inputs = parity.InputMaker(input_dict, rng)
+    frames = model.cfg.frame_stack  # a stream of a frame-stacked model is fed whole frames
     cases = []
     for provider in providers or providers_for():
-        cases += parity.all_cases(blobs, reference, make_inputs, per_step, provider, rng, rule, sample)
+        cases += parity.all_cases(blobs, reference, make_inputs, per_step, provider, rng, rule, sample, frames)
     return parity.Report(seed=seed, rule=rule, cases=cases)
 
 
@@ -300,7 +301,7 @@ def reader_spec(config, input_spec) -> dict:
 
 
 def _whole_sequences(cfg) -> bool:
-    return whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool, cfg.frame_stack) is not None
+    return whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool) is not None
 
 
 def build_manifest(config, input_spec, output_spec, graphs, blobs, report, opset, run_dir) -> dict:

@@ -19,11 +19,15 @@ Two graphs (names of inputs and outputs are the bundle's contract with the runti
   Features normalised per sequence (`model.normalize: sequence`, toolkit.core.normalize) are
   scaled by each sequence's own mean and std over its real steps, as nodes (below).
 - `step.onnx` (`build_step_graph`), models that can stream only (toolkit.core.streaming: not
-  bidirectional, not normalised per sequence, pooled by the last step, not frame-stacked):
+  bidirectional, not normalised per sequence, pooled by the last step):
   chunk (`tokens` [batch, chunk] | `features` [batch, chunk, F]), `h` [L, batch, H]
   (+ `c` for LSTM) -> per-step `logits` | `values` [batch, chunk, K], `h_next` (+ `c_next`).
   Per-sequence heads (classify, regress) give at every step the prediction for the sequence
   ending there, i.e. what `model.onnx` returns for that prefix. Zeros are the initial state.
+  Frame-stacked (model.frame_stack: K): one output per frame, [batch, ceil(chunk / K), K]; a
+  stream feeds whole frames (chunks of a multiple of K steps) and a partial frame only as its
+  last chunk, which the graph fills with the normalised 0 as model.onnx fills a sequence's last
+  frame (toolkit.runtime.engine buffers the steps of a frame until it is whole).
 
 Graph structure (full graph; the step graph is the same without `sequence_lens` and with the
 initial states sliced from `h`/`c`):
@@ -118,7 +122,13 @@ def build_full_graph(
     x = _input_layer(g, plan, weights, padded=True)
     lengths = "lengths"
     if cfg.frame_stack > 1:
-        x, lengths = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features)
+        x = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features)
+        lengths = g.one(
+            "Div",
+            [g.one("Add", ["lengths", g.const("frames.k_minus_1", cfg.frame_stack - 1, np.int64)], "frames.up"),
+             g.const("frames.k_lengths", cfg.frame_stack, np.int64)],
+            "frame_lengths",
+        )  # fmt: skip
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
     seq = g.one("Cast", [lengths], "sequence_lens", to=TensorProto.INT32)
     top, finals = _encoder(g, plan, weights, x, seq, state=None)
@@ -153,15 +163,18 @@ def build_step_graph(
     fold: bool = True,
 ) -> onnx.ModelProto:
     """`step.onnx`: one chunk of a stream (any length >= 1) with the recurrent state carried."""
-    why = whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool, cfg.frame_stack)
+    why = whole_sequences_only(cfg.bidirectional, cfg.normalize, cfg.pool)
     if why:
         raise StepGraphError(
             f"no step graph: {why} (the model sees the future). Stream a unidirectional model normalised by the "
             "dataset (bidirectional: false, normalize: dataset), or run this one on whole sequences with model.onnx."
         )
-    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold)
+    plan = _Plan.make(weights, cfg, input_spec, output_spec, opset, fold and cfg.frame_stack == 1)
     g = _GraphBuilder()
     x = _input_layer(g, plan, weights)
+    time = "chunk"
+    if cfg.frame_stack > 1:  # a partial (last) frame is filled with the normalised 0, as in model.onnx
+        x, time = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features), "frames"
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
     names = [spec["name"] for spec in state_spec(cfg)]
     top, finals = _encoder(g, plan, weights, x, seq="", state=names)
@@ -171,9 +184,7 @@ def build_step_graph(
     inputs = [_input_info(plan, "chunk")]
     inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, state_dims, doc_string=_STATE_DOC[n]) for n in names]
     outputs = [
-        helper.make_tensor_value_info(
-            y, TensorProto.FLOAT, ["batch", "chunk", plan.head_size], doc_string=plan.step_doc
-        )
+        helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", time, plan.head_size], doc_string=plan.step_doc)
     ]
     for k, n in enumerate(names):
         # Y_h / Y_c of every layer, [1, B, H] each, stacked to [L, B, H].
@@ -263,6 +274,8 @@ class _Plan:
         if self.per_step:
             return self.output_doc
         what = "regression values" if self.values else "class logits"
+        if self.cfg.frame_stack > 1:
+            return f"{what} for the sequence ending at each frame of {self.cfg.frame_stack} steps of the chunk"
         return f"{what} for the sequence ending at each step of the chunk"
 
     @classmethod
@@ -555,10 +568,10 @@ def _merge(g: _GraphBuilder, plan: _Plan, y: str, i: int) -> str:
     return g.one("Reshape", [tbdh, g.ints(f"layer{i}.shape_tb_", [0, 0, -1])], f"layer{i}.out")
 
 
-def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int) -> tuple[str, str]:
-    """x [B, T, F], padding already 0 -> (frames [B, ceil(T / k), k * F], frame lengths
-    ceil(lengths / k)), as toolkit.models.frames defines them: Pad the time axis with zeros to a
-    multiple of k ((-T) mod k steps), then Reshape to [B, -1, width = k * F]."""
+def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int) -> str:
+    """x [B, T, F], padding already 0 -> frames [B, ceil(T / k), k * F], as toolkit.models.frames
+    defines them: Pad the time axis with zeros to a multiple of k ((-T) mod k steps), then
+    Reshape to [B, -1, width = k * F]. (The full graph's frame lengths are ceil(lengths / k).)"""
     shape = g.one("Shape", [x], "frames.x_shape")
     time = g.one("Slice", [shape, g.ints("frames.time_from", [1]), g.ints("frames.time_to", [2])], "frames.time")
     size = g.const("frames.k", k, np.int64)
@@ -571,13 +584,7 @@ def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int) -> tuple[str, st
         axis=0,
     )
     padded = g.one("Pad", [x, pads], "frames.padded")
-    frames = g.one("Reshape", [padded, g.ints("frames.shape", [0, -1, width])], "frames")
-    lengths = g.one(
-        "Div",
-        [g.one("Add", ["lengths", g.const("frames.k_minus_1", k - 1, np.int64)], "frames.lengths_up"), size],
-        "frame_lengths",
-    )
-    return frames, lengths
+    return g.one("Reshape", [padded, g.ints("frames.shape", [0, -1, width])], "frames")
 
 
 def _pool(g: _GraphBuilder, plan: _Plan, weights, top: str, top_h: str, lengths: str = "lengths") -> str:

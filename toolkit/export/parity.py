@@ -41,6 +41,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from toolkit.core.data.batching import pad
+from toolkit.core.streaming import frames_of
 from toolkit.export import oracle
 from toolkit.runtime.openvino import PROVIDER as OPENVINO
 from toolkit.runtime.openvino import OpenVINOSession
@@ -379,40 +380,56 @@ def stream_cases(
     provider: str,
     rng: np.random.Generator,
     rule: Rule = FP32,
+    frame_stack: int = 1,
 ) -> list[Case]:
     """step.onnx fed a long stream in chunks (state carried) against the reference on all of it.
 
     Per-step tasks compare every step. Per-sequence tasks (classify, regress) compare the step
     graph's output at step t with the reference on the prefix of length t, for several t in one
-    padded batch. The final state after the stream is compared too."""
-    x = make_inputs(2, STREAM)
+    padded batch. The final state after the stream is compared too.
+
+    A frame-stacked model (K steps per frame) is fed as a stream runs it: chunks of whole frames
+    (1, 3, 64 and random 1..100 frames), then the last, partial frame alone (the stream is K // 2
+    steps short of whole frames), which the graph fills as model.onnx fills a sequence's last
+    frame. Its output f is compared with the reference on the prefix of min((f + 1) K, length)
+    steps, and the state after the whole frames with the reference's after those steps."""
+    k = frame_stack
+    length = STREAM if k == 1 else frames_of(STREAM, k) * k - k // 2
+    whole = length // k * k  # the steps of whole frames: what a stream's state has taken in
+    x = make_inputs(2, length)
     if per_step:
-        want, runs = reference.outputs(x, np.array([STREAM, STREAM], dtype=np.int64))
+        want, runs = reference.outputs(x, np.array([length, length], dtype=np.int64))
         positions = None
     else:
-        prefixes = [1, 2, 3, 64, 65, 500, STREAM - 1, STREAM]
+        count = frames_of(length, k)  # outputs of the stream: one per frame
+        frames = sorted({1, 2, 3, 64, 65, 500, count - 1, count} & set(range(1, count + 1)))
+        prefixes = [min(f * k, length) for f in frames]
         batch = np.concatenate([x] * len(prefixes), axis=0)
         lens = np.repeat(np.array(prefixes, dtype=np.int64), x.shape[0])
         want, runs = reference.outputs(batch, lens)  # [len(prefixes) * 2, K], row p*2 + b
-        positions = lens - 1
+        positions = np.repeat(np.array(frames) - 1, x.shape[0])
     output_noise = noise(runs, want)
-    state_want, state_runs = reference.state(x)
+    state_want, state_runs = reference.state(x[:, :whole])
     sizes = {"chunks of 1": [1], "chunks of 3": [3], "chunks of 64": [64]}
     sizes["random chunks 1..100"] = list(rng.integers(1, 101, size=STREAM))
+    unit = "" if k == 1 else f" frames of {k}"
     cases = []
     for name, pattern in sizes.items():
         outputs, state, start, i = [], None, 0, 0
-        while start < STREAM:
-            size = int(pattern[i % len(pattern)])
-            y, state = run_step(x[:, start : start + size], state)
+        while start < whole:
+            size = int(pattern[i % len(pattern)]) * k
+            y, state = run_step(x[:, start : min(start + size, whole)], state)
             outputs.append(y)
-            start, i = start + size, i + 1
+            start, i = min(start + size, whole), i + 1
+        if whole < length:  # the partial last frame: outputs only, the state stays after whole frames
+            outputs.append(run_step(x[:, whole:], state)[0])
+            i += 1
         got = np.concatenate(outputs, axis=1)
         if positions is not None:
             rows = np.tile(np.arange(x.shape[0]), len(positions) // x.shape[0])
             got = got[rows, positions]
         shapes = {"inputs": list(x.shape), "chunks": i}
-        label = f"stream of {STREAM}, {name}"
+        label = f"stream of {length}, {name}{unit}"
         cases.append(compare(label, "step.onnx", reference.name, provider, shapes, got, want, output_noise, rule))
         for key, value in state_want.items():
             # An LSTM's cell state is unbounded (|c| reaches tens over a long stream): its scale,
@@ -435,9 +452,10 @@ def all_cases(
     rng: np.random.Generator,
     rule: Rule = FP32,
     sample=None,
+    frame_stack: int = 1,
 ) -> list[Case]:
     """The certificate's cases on one provider: model.onnx on the grid (and a sample), padding,
-    and step.onnx on streams when the bundle has one."""
+    and step.onnx on streams when the bundle has one (fed whole frames of `frame_stack` steps)."""
     full = session(blobs["model.onnx"], provider)
     run = lambda x, lens: run_full(full, x, lens)  # noqa: E731
     cases = full_cases(run, reference, make_inputs, per_step, provider, rule, sample)
@@ -448,7 +466,8 @@ def all_cases(
         # bf16 bundles stream on ONNX Runtime at fp32 (toolkit.runtime.engine): certified where they run
         streams = "CPUExecutionProvider" if provider == OPENVINO else provider
         step = session(blobs["step.onnx"], streams)
-        cases += stream_cases(lambda c, s: run_step(step, c, s), reference, make_inputs, per_step, streams, rng, rule)
+        stepped = lambda c, s: run_step(step, c, s)  # noqa: E731
+        cases += stream_cases(stepped, reference, make_inputs, per_step, streams, rng, rule, frame_stack)
     return cases
 
 

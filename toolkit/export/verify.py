@@ -27,7 +27,7 @@ from toolkit.core.bundle import (
     read_regular,
 )
 from toolkit.core.jsontext import JSONTextError, parse
-from toolkit.core.streaming import of_manifest
+from toolkit.core.streaming import frame_stack, of_manifest
 from toolkit.export import parity, seq2seq_parity
 from toolkit.runtime.engine import Engine
 
@@ -72,7 +72,8 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
         reference = parity.OracleReference(blobs, manifest, rng)
     except ValueError as e:
         raise BundleError(f"{bundle}: {e}") from None
-    cases = parity.all_cases(blobs, reference, make_inputs, manifest["output"]["per_step"], provider, rng)
+    per_step, frames = manifest["output"]["per_step"], frame_stack(manifest)
+    cases = parity.all_cases(blobs, reference, make_inputs, per_step, provider, rng, frame_stack=frames)
     return parity.Report(seed=seed, rule=parity.FP32, cases=cases)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
+from toolkit.core.streaming import frames_of
 from toolkit.models.encoder import real_steps
 
 
@@ -28,9 +29,3 @@ def stack_frames(x: torch.Tensor, lengths: torch.Tensor | None, k: int) -> tuple
     count = frames_of(total, k)
     frames = functional.pad(x, (0, 0, 0, count * k - total)).reshape(batch, count, k * width)
     return frames, None if lengths is None else frames_of(lengths, k)
-
-
-def frames_of(steps, k: int):
-    """How many frames a sequence of `steps` steps has, ceil(steps / k) (an int, or a tensor of
-    lengths)."""
-    return -(-steps // k)

@@ -153,10 +153,16 @@ class Connection:
     def _done(self, stream: ServedStream, job: Job) -> None:
         if job.error:
             self.refuse(stream.name, job.error, job.code)
-        elif job.kind in ("reset", "end"):
+        elif job.kind == "reset":
             self.send(control_reply(stream.name, job.kind, job.start))
+        elif job.kind == "end":  # outputs: the last frame's, when steps waited for it (else none)
+            codec = self.hub.codec
+            presented = job.outputs if job.outputs is not None else codec.present(self.hub.engine.no_outputs(1))[0]
+            tail = codec.tail(job.frame, job.waiting, presented)
+            self.send(control_reply(stream.name, job.kind, job.start, tail))
         else:
-            self.send(self.hub.codec.reply(stream.name, job.start, job.outputs, job.unknown))
+            reply = self.hub.codec.reply(stream.name, job.start, job.outputs, job.unknown, job.frame, job.waiting)
+            self.send(reply)
 
     def evict(self, stream: ServedStream, reason: str) -> None:
         self.hub.scheduler.close(stream)

@@ -8,7 +8,10 @@
 - `Engine.stream()`: a `Stream` holding its own state; `push(chunk)` returns the outputs of
   exactly those steps. `Engine.push_many(streams, chunks)` steps many streams in one batched
   call per chunk length (gathering and scattering state rows), with outputs identical to
-  stepping each alone.
+  stepping each alone. A frame-stacked model (model.frame_stack: K) steps once per frame of K
+  steps: a stream holds the steps of its incomplete frame (`take_frames`) and `push` returns
+  one output per frame it completed (none, one or several); `Stream.tail()` is the output for
+  the steps still waiting, filled as model.onnx fills a sequence's last frame.
 
 Inputs are checked before they reach ONNX Runtime, which would otherwise accept a length of 0
 and read a negative or too-large token id as some other row of the embedding.
@@ -31,7 +34,7 @@ from toolkit.core.bundle import BundleError, read_graph, read_manifest
 from toolkit.core.data.batching import pad
 from toolkit.core.errors import RnnkitError, first_line
 from toolkit.core.search import Search
-from toolkit.core.streaming import of_manifest
+from toolkit.core.streaming import frame_stack, of_manifest
 from toolkit.runtime.openvino import OpenVINOSession, bf16_works
 from toolkit.runtime.providers import DeviceError, cuda_works, make_session
 from toolkit.runtime.seq2seq import PER_SOURCE, Translator
@@ -95,8 +98,10 @@ class Engine:
             self._check_inputs(self.full, "model.onnx", {self.input_name, "lengths"})
         self.device_type = DEVICE_TYPE.get(self.provider, "cpu")
         self.bind_state = self.device_type != "cpu" if bind_state is None else bind_state
+        self.frame_stack = frame_stack(self.manifest)  # steps per stream output
         if self.step is not None:
             self.step_outputs = [o.name for o in self.step.get_outputs()]
+            self.head_size = self.step.get_outputs()[0].shape[-1]
             self._check_inputs(self.step, "step.onnx", {self.input_name, *self.state_names})
             self._check_state(self.step, "step.onnx")
 
@@ -219,6 +224,10 @@ class Engine:
         shape = lambda spec: [batch if d == "batch" else d for d in spec["shape"]]  # noqa: E731
         return {spec["name"]: np.zeros(shape(spec), dtype=np.float32) for spec in self.state_spec}
 
+    def no_outputs(self, rows: int) -> np.ndarray:
+        """The outputs [rows, 0, K] of chunks that completed no frame."""
+        return np.zeros((rows, 0, self.head_size), dtype=np.float32)
+
     def run_step(self, x: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
         """One call of the step graph on a batch [B, T, ...]: outputs [B, T, K] and the new state
         (NumPy, or OrtValues left on the device when `bind_state`)."""
@@ -248,17 +257,23 @@ class Engine:
         if len(streams) == 1:
             return [streams[0].push(chunks[0])]
         chunks = [self.check(c, f"chunk {i}") for i, c in enumerate(chunks)]
+        runs = [take_frames(s.buffered, c, self.frame_stack) for s, c in zip(streams, chunks, strict=True)]
         outputs: list[np.ndarray | None] = [None] * len(streams)
-        for group in by_length(chunks).values():
-            x = np.stack([chunks[i] for i in group])
-            # Gather each stream's state row (axis 1 = batch); device-held state comes to the host.
-            state = {n: np.concatenate([_host(streams[i].state[n]) for i in group], axis=1) for n in self.state_names}
-            y, new = self.run_step(x, state)
-            new = {n: _host(v) for n, v in new.items()}
+        for size, group in by_length([run for run, _ in runs]).items():
+            if size == 0:  # no frame completed: nothing to run
+                y, new = self.no_outputs(len(group)), None
+            else:
+                x = np.stack([runs[i][0] for i in group])
+                # Gather each stream's state row (axis 1 = batch); device-held state comes to the host.
+                state = {n: np.concatenate([_host(streams[i].state[n]) for i in group], 1) for n in self.state_names}
+                y, new = self.run_step(x, state)
+                new = {n: _host(v) for n, v in new.items()}
             for row, i in enumerate(group):
                 outputs[i] = y[row]
-                streams[i].state = {n: v[:, row : row + 1] for n, v in new.items()}
+                if new is not None:
+                    streams[i].state = {n: v[:, row : row + 1] for n, v in new.items()}
                 streams[i].steps += len(chunks[i])
+                streams[i].buffered = runs[i][1]
         return outputs
 
 
@@ -295,12 +310,24 @@ def by_length(chunks: Sequence) -> dict[int, list[int]]:
     return groups
 
 
+def take_frames(buffered: np.ndarray | None, chunk: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A stream's steps waiting for their frame (`buffered`, None when none) and a new chunk ->
+    (the steps to run now, whole frames of k steps, possibly none; those left waiting, or None).
+    With k = 1 every step is a frame."""
+    if k == 1:
+        return chunk, None
+    steps = chunk if buffered is None else np.concatenate([buffered, chunk])
+    whole = len(steps) // k * k
+    return steps[:whole], steps[whole:] if whole < len(steps) else None
+
+
 def _host(value) -> np.ndarray:
     return value.numpy() if isinstance(value, ort.OrtValue) else value
 
 
 class Stream:
-    """One stream's state ([L, 1, H] per state tensor) and step count."""
+    """One stream's state ([L, 1, H] per state tensor), step count and, for a frame-stacked model,
+    the steps of its incomplete frame (`buffered`)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -309,10 +336,35 @@ class Stream:
     def reset(self) -> None:
         self.state = self.engine.initial_state(1)
         self.steps = 0
+        self.buffered: np.ndarray | None = None
+
+    @property
+    def frames(self) -> int:
+        """Frames run so far: the index of the next output (= steps for a model without frames)."""
+        return (self.steps - self.waiting) // self.engine.frame_stack
+
+    @property
+    def waiting(self) -> int:
+        """Steps received but not run yet: those of an incomplete frame."""
+        return 0 if self.buffered is None else len(self.buffered)
 
     def push(self, chunk) -> np.ndarray:
-        """Outputs [len(chunk), K] for exactly these steps, the state carried on."""
+        """Outputs [frames completed, K] (one per step without frames), the state carried on."""
         x = self.engine.check(chunk, "chunk")
-        y, self.state = self.engine.run_step(x[None], self.state)
+        run, rest = take_frames(self.buffered, x, self.engine.frame_stack)
+        if len(run):
+            y, self.state = self.engine.run_step(run[None], self.state)
+        else:
+            y = self.engine.no_outputs(1)
         self.steps += len(x)
+        self.buffered = rest
         return y[0]
+
+    def tail(self) -> np.ndarray:
+        """The output [1, K] for the steps still waiting for their frame, the frame filled as
+        model.onnx fills a sequence's last frame: the prediction for the whole stream so far, as
+        model.onnx gives it for this sequence. [0, K] when no step waits. The state does not move:
+        the stream may go on."""
+        if self.buffered is None:
+            return self.engine.no_outputs(1)[0]
+        return self.engine.run_step(self.buffered[None], self.state)[0][0]

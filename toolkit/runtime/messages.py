@@ -5,6 +5,10 @@
     {"stream": "a", "reset": true}               start the stream again from the initial state
     {"stream": "a", "end": true}                 close the stream
 
+A frame-stacked model (model.frame_stack: K) answers once per frame of K steps: a chunk's reply
+holds one output per frame it completed (possibly none) with "frame" and "buffered"; an end
+answers the steps still waiting with one last output (`Codec.tail`).
+
 Every problem is a MessageError naming the field and what is accepted; the caller answers that
 line with an error object and goes on with the others.
 """
@@ -20,6 +24,7 @@ import numpy as np
 from toolkit.core.data.encode import FLOAT32_MAX
 from toolkit.core.data.vocab import Vocabulary
 from toolkit.core.jsontext import JSONTextError, parse
+from toolkit.core.streaming import frame_stack
 
 FIELDS = {"stream", "tokens", "features", "reset", "end"}
 NUMBERS = frozenset((float, int))
@@ -40,10 +45,12 @@ def unknown_stream(name: str, kind: str, where: str = "") -> str:
     return f"unknown stream {name!r}{where}: a chunk opens a stream; {kind} needs an open one"
 
 
-def control_reply(name: str, kind: str, steps: int) -> dict:
+def control_reply(name: str, kind: str, steps: int, tail: dict | None = None) -> dict:
     """The reply to a reset ({"stream", "reset": true}) or an end ({"stream", "end": true, "steps":
-    the steps the stream ran})."""
-    return {"stream": name, "reset": True} if kind == "reset" else {"stream": name, "end": True, "steps": steps}
+    the steps the stream ran}, and for a frame-stacked model its `Codec.tail`)."""
+    if kind == "reset":
+        return {"stream": name, "reset": True}
+    return {"stream": name, "end": True, "steps": steps, **(tail or {})}
 
 
 class MessageError(ValueError):
@@ -71,6 +78,7 @@ class Codec:
         self.input = manifest["input"]
         self.output = manifest["output"]
         self.max_chunk = max_chunk
+        self.frame_stack = frame_stack(manifest)
         if self.input["kind"] == "tokens":
             self.vocab = Vocabulary(self.input["vocab"])
 
@@ -209,9 +217,21 @@ class Codec:
         best = outputs.argmax(-1).tolist()
         return [{"outputs": row, "predictions": [names[i] for i in b]} for row, b in zip(rounded, best, strict=True)]
 
-    def reply(self, stream: str, start: int, presented: dict, unknown: int = 0) -> dict:
-        """The reply to one chunk, from its row of `present`."""
+    def reply(self, stream: str, start: int, presented: dict, unknown: int = 0, frame: int = 0, waiting: int = 0):
+        """The reply to one chunk, from its row of `present`. A frame-stacked model's also says
+        which frame its first output ends (`frame`: output j is the prediction for the steps up
+        to (frame + j + 1) * K - 1) and how many steps wait for their frame (`buffered`)."""
         out = {"stream": stream, "step": start, **presented}
+        if self.frame_stack > 1:
+            out.update(frame=frame, buffered=waiting)
         if unknown:
             out["unknown_tokens"] = unknown
         return out
+
+    def tail(self, frame: int, waiting: int, presented: dict) -> dict | None:
+        """What an end adds for a frame-stacked model: the output for the steps that waited for
+        their frame (`present`ed, one row, or none when no step waited), so that no accepted step
+        goes unanswered; None for other models."""
+        if self.frame_stack == 1:
+            return None
+        return {"frame": frame, "buffered": waiting, **presented}

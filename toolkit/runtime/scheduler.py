@@ -11,6 +11,11 @@ ONNX Runtime runs on one worker thread, off the event loop (one batch at a time:
 every core). The stream table is touched only on the event loop; the pool has a lock because the
 worker reads and writes it while the loop may grow it.
 
+A frame-stacked model (model.frame_stack: K) steps once per frame of K steps: a stream keeps the
+steps of its incomplete frame (`buffered`), a chunk runs the whole frames it completes (a group of
+its own size, maybe none), and an end with steps still waiting runs them once more as the
+stream's last frame, its state left as it was (`engine.take_frames`, `Stream.tail`).
+
 Nothing one batch or one reply does can end the loop: a failure is answered on the chunks it
 touched (code 500) and logged, and the batcher goes on with the next batch. A batch commits the
 state of all its streams or of none.
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.runtime.engine import Engine, by_length
+from toolkit.runtime.engine import Engine, by_length, take_frames
 
 log = logging.getLogger("rnnkit.serve")
 BATCH_FAILED = "internal error on this batch (logged by the server); the chunk was not run"
@@ -98,6 +103,10 @@ class Job:
     unknown: int = 0  # tokens of the chunk mapped to <unk> (for the reply)
     arrived: float = field(default_factory=time.perf_counter)
     start: int = 0  # the stream's step index of the chunk's first step (or steps, for end)
+    run: np.ndarray | None = None  # the steps run for it: whole frames of the chunk (and those waiting)
+    rest: np.ndarray | None = None  # steps left waiting for their frame after the chunk
+    frame: int = 0  # the stream's frame index of its first output
+    waiting: int = 0  # steps waiting for their frame after it (an end: those its output answers)
     outputs: object = None  # the chunk's row of the batch's outputs, as `present` gave it
     error: str | None = None  # set when the job was not run, with the HTTP-style code to answer
     code: int = 500
@@ -111,6 +120,7 @@ class ServedStream:
     name: str
     slot: int
     steps: int = 0
+    buffered: np.ndarray | None = None  # steps of an incomplete frame (frame-stacked models)
     pending: deque = field(default_factory=deque)
     running: bool = False  # a chunk of it is in the batch being computed
     ready: bool = False  # it waits in the scheduler's ready queue
@@ -156,7 +166,7 @@ class Scheduler:
 
     def submit(self, stream: ServedStream, job: Job) -> None:
         stream.last_active = time.monotonic()
-        if job.kind != "chunk" and not stream.pending and not stream.running:
+        if not stream.pending and not stream.running and not self._runs(stream, job):
             self._apply(stream, job)
             return
         stream.pending.append(job)
@@ -179,11 +189,22 @@ class Scheduler:
         """Return once every accepted job has run."""
         await self._idle.wait()
 
+    @staticmethod
+    def _runs(stream: ServedStream, job: Job) -> bool:
+        """Whether a job needs the step graph: a chunk, or an end with steps waiting for their frame."""
+        return job.kind == "chunk" or (job.kind == "end" and stream.buffered is not None)
+
+    def _frames(self, stream: ServedStream) -> tuple[int, int]:
+        """(frames the stream has run, steps waiting for their frame)."""
+        waiting = 0 if stream.buffered is None else len(stream.buffered)
+        return (stream.steps - waiting) // self.engine.frame_stack, waiting
+
     def _apply(self, stream: ServedStream, job: Job) -> None:
         job.start = stream.steps
-        if job.kind == "reset":
+        job.frame, job.waiting = self._frames(stream)
+        if job.kind == "reset":  # steps waiting for their frame are dropped with the state
             self.pool.zero(stream.slot)
-            stream.steps = 0
+            stream.steps, stream.buffered = 0, None
         else:  # end
             self.close(stream)
         self._deliver(stream, job)
@@ -250,26 +271,36 @@ class Scheduler:
         while self.ready and len(batch) < self.max_batch:
             stream = self.ready.popleft()
             stream.ready = False
-            while stream.pending and stream.pending[0].kind != "chunk":
+            while stream.pending and not self._runs(stream, stream.pending[0]):
                 self._apply(stream, stream.pending.popleft())
             if stream.pending and not stream.closed:
                 job = stream.pending.popleft()
                 job.start = stream.steps
+                job.frame, waiting = self._frames(stream)
+                if job.kind == "chunk":
+                    job.run, job.rest = take_frames(stream.buffered, job.chunk, self.engine.frame_stack)
+                    job.waiting = 0 if job.rest is None else len(job.rest)
+                else:  # an end: its waiting steps as the last frame
+                    job.run, job.waiting = stream.buffered, waiting
                 stream.running = True
                 batch.append((stream, job))
         return batch
 
     def _compute(self, batch: list[tuple[ServedStream, Job]]) -> list:
-        """Worker thread: one step-graph call per distinct chunk length; the new state rows are
-        written back only once every group has run (all or nothing, so a retry cannot step a
-        stream twice)."""
+        """Worker thread: one step-graph call per distinct length of the steps to run; the new
+        state rows of chunks are written back only once every group has run (all or nothing, so a
+        retry cannot step a stream twice). An end's last frame leaves its state as it was."""
         outputs: list = [None] * len(batch)
         updates = []
-        for rows in by_length([job.chunk for _, job in batch]).values():
-            slots = np.array([batch[i][0].slot for i in rows])
-            x = np.stack([batch[i][1].chunk for i in rows])
-            y, state = self.engine.run_step(x, self.pool.gather(slots))
-            updates.append((slots, state))
+        for size, rows in by_length([job.run for _, job in batch]).items():
+            if size == 0:  # chunks that completed no frame
+                y = self.engine.no_outputs(len(rows))
+            else:
+                slots = np.array([batch[i][0].slot for i in rows])
+                x = np.stack([batch[i][1].run for i in rows])
+                y, state = self.engine.run_step(x, self.pool.gather(slots))
+                keep = np.array([batch[i][1].kind == "chunk" for i in rows])
+                updates.append((slots[keep], {name: value[:, keep] for name, value in state.items()}))
             for i, presented in zip(rows, self.present(y), strict=True):
                 outputs[i] = presented
         for slots, state in updates:
@@ -282,10 +313,13 @@ class Scheduler:
             if stream.closed:
                 self.pool.release(stream.slot)
                 continue
-            if error is None:
+            if error is None and job.kind == "chunk":
                 stream.steps += len(job.chunk)
+                stream.buffered = job.rest
             job.outputs, job.error, job.code = y, error, code
             self._deliver(stream, job)
+            if job.kind == "end":  # closed even if its last frame failed: the client has let it go
+                self.close(stream)
             self._queue(stream)
         if not self.ready:
             self._idle.set()

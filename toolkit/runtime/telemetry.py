@@ -50,7 +50,7 @@ class Telemetry:
         arrived = np.fromiter((job.arrived for _, job in batch), np.float64, len(batch))
         self.queue_delay.observe(started - arrived)
         self.step_latency.observe(now - arrived)
-        self.stream_steps.inc(sum(len(job.chunk) for _, job in batch))
+        self.stream_steps.inc(sum(len(job.chunk) for _, job in batch if job.chunk is not None))  # not ends
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -60,7 +60,8 @@ class TritonPythonModel:
         self.max_steps = int(params.get("max_steps", 4096))
         self.idle_timeout = float(params.get("idle_timeout_s", 60))
         manifest = json.loads(_read(here / "manifest.json", MAX_MANIFEST_BYTES))
-        self.streams = manifest["state"] is not None
+        # as toolkit.triton.config.streams: a frame-stacked model runs whole sequences here
+        self.streams = manifest["state"] is not None and manifest["model"].get("frame_stack", 1) == 1
         name = "step.onnx" if self.streams else "model.onnx"
         info = manifest["graphs"][name]
         graph = _read(here / name, info.get("bytes") or 2**31)

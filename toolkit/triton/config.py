@@ -40,6 +40,15 @@ def pb():
     return model_config_pb2
 
 
+def streams(manifest: dict) -> bool:
+    """Whether Triton serves the bundle as streams (step.onnx under the sequence batcher) rather
+    than whole sequences: a model that streams, but not a frame-stacked one, whose stream must
+    hold the steps of an incomplete frame between requests, which the sequence batcher's implicit
+    state (tensors of fixed shape) does not. Triton serves those whole sequences;
+    `rnnkit serve` streams them."""
+    return manifest["state"] is not None and manifest["model"].get("frame_stack", 1) == 1
+
+
 def head_width(manifest: dict) -> int:
     """Width K of the logits | values output."""
     out, inp = manifest["output"], manifest["input"]
@@ -55,7 +64,7 @@ def io(manifest: dict, lengths: bool) -> tuple[list, list]:
     inputs = [(inp["name"], dtype, chunk, None)]
     if lengths:
         inputs.append(("lengths", "TYPE_INT64", [1], []))
-    per_step = out["per_step"] or manifest["state"] is not None  # a stream predicts at every step of a chunk
+    per_step = out["per_step"] or streams(manifest)  # a stream predicts at every step of a chunk
     dims = [-1, head_width(manifest)] if per_step else [head_width(manifest)]
     return inputs, [(out["name"], "TYPE_FP32", dims, None)]
 
@@ -128,7 +137,7 @@ def python_config(name: str, manifest: dict, opts: Options, labels: str | None =
     per CORRID); whole sequences (bidirectional) under the dynamic batcher, where it pads requests
     of different lengths into one call."""
     pb2 = pb()
-    stream = manifest["state"] is not None
+    stream = streams(manifest)
     config = _common(pb2, name, "python", manifest, False, opts, labels)  # it pads and passes lengths itself
     # Requests of different lengths may share one execute(): the model takes each request's own
     # tensor (and groups chunks by length, or pads whole sequences). Without this Triton batches

@@ -82,7 +82,7 @@ def write_repository(
     graphs = {g: read_graph(bundle, g, info) for g, info in manifest["graphs"].items()}
     labels = triton_config.labels_text(manifest)
     label_file = "labels.txt" if labels is not None else None
-    streams = manifest["state"] is not None
+    streams = triton_config.streams(manifest)
     python = f"{name}_python"
 
     if streams:
@@ -112,6 +112,11 @@ def write_repository(
         if streams
         else "The bundle's model.onnx: whole sequences with their lengths (requests of one length batch together)."
     )
+    if manifest["state"] is not None and not streams:
+        ort_text += (
+            f"\nFrames of {manifest['model']['frame_stack']} steps: Triton's sequence batcher cannot hold a stream's "
+            "incomplete frame between requests, so Triton serves whole sequences; `rnnkit serve` streams this model."
+        )
     python_text = f"{source}\nRuns {python_graph} with onnxruntime in Triton's Python backend (1/model.py)." + (
         f"\nState is kept per CORRID in the model. {defaults}" if streams else ""
     )
