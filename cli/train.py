@@ -94,6 +94,12 @@ FLAGS = {
     "amp": ("train", "--amp/--no-amp", "Mixed precision on CUDA (on)."),
     "out": ("train", click.Path(file_okay=False), "Run directory to write (runs/latest)."),
     "label_smoothing": ("train", float, "seq2seq: label smoothing of the cross-entropy (0)."),
+    "time_warp": (
+        "train",
+        float,
+        "Classify / per-sequence regress on features: warp each training series' time axis at random, "
+        "segment speeds e^(S N(0,1)) (0: off; 0.2 helped small archive sets).",
+    ),
 }
 
 

@@ -35,6 +35,7 @@ SCHEDULES = ("constant", "cosine", "step", "plateau")
 NORMALIZATIONS = ("dataset", "sequence")
 POOLS = ("last", "mean", "max", "attention")
 MAX_FRAME_STACK = 256
+MAX_TIME_WARP = 2.0  # speeds e^(2 N(0, 1)) already range over 50x
 
 
 @dataclass
@@ -145,6 +146,7 @@ class TrainConfig:
     warmup: float = 1.0  # epochs over which the learning rate ramps up linearly, step by step
     max_time: float | None = None  # seconds: no epoch starts that would end past this budget
     class_weight: str = "none"  # classify/tag: none | balanced | a JSON file {label: weight}
+    time_warp: float = 0.0  # per-sequence tasks on features: random time warps of strength S (toolkit.train.augment)
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -165,6 +167,8 @@ class TrainConfig:
             raise ConfigError(f"train.min_delta must be >= 0, got {self.min_delta}")
         if not self.warmup >= 0:
             raise ConfigError(f"train.warmup must be >= 0 epochs, got {self.warmup}")
+        if not 0.0 <= self.time_warp <= MAX_TIME_WARP:
+            raise ConfigError(f"train.time_warp must be in [0, {MAX_TIME_WARP:g}] (0: off), got {self.time_warp}")
         if self.max_time is not None and not self.max_time > 0:
             raise ConfigError(f"train.max_time must be > 0 seconds (or null for no limit), got {self.max_time}")
 

@@ -38,8 +38,8 @@ from toolkit.core.metrics import LMMetrics, better, metric_mode
 from toolkit.core.tasks import default_monitor, metrics_for
 from toolkit.models.encoder import detach_state, real_steps
 from toolkit.models.model import SequenceModel, build_model
+from toolkit.train import augment, distributed
 from toolkit.train import checkpoint as ckpt
-from toolkit.train import distributed
 from toolkit.train.class_weights import class_weights, describe
 from toolkit.train.optim import build_optimizer, build_schedule, replan_schedule
 from toolkit.train.progress import ProgressLine
@@ -116,6 +116,7 @@ def train(
     if not resume and (out / "state.pt").exists():
         raise ConfigError(f"{out} already holds a training run; continue it with --resume {out} or pick another --out")
     prepared = load_data(config)
+    _check_time_warp(config, prepared)
     if isinstance(prepared.train, StreamDataset) and config.model.bidirectional:
         raise ConfigError(
             f"task {config.task} on {config.data.data} trains on one long stream with the state carried forward; "
@@ -151,6 +152,18 @@ def train(
     run.forward = None
     distributed.stop(barrier=True)
     return result
+
+
+def _check_time_warp(config: Config, prepared: Prepared) -> None:
+    """Time warping moves steps in time: for per-sequence targets on feature series only."""
+    if config.train.time_warp and (
+        prepared.input.kind != "features" or prepared.output.per_step or isinstance(prepared.train, StreamDataset)
+    ):
+        what = "token inputs" if prepared.input.kind != "features" else "a target at every step"
+        raise ConfigError(
+            f"train.time_warp {config.train.time_warp:g} resamples feature series in time for a per-sequence head "
+            f"(classify, regress to one value per sequence); task {config.task} here has {what}: drop --time-warp"
+        )
 
 
 class _Run:
@@ -399,6 +412,7 @@ class _Run:
             desc=f"epoch {self.epoch + 1}/{tcfg.epochs}" if training else "validate",
             label_smoothing=tcfg.label_smoothing,
             class_weight=self.class_weight,
+            time_warp=tcfg.time_warp if training else 0.0,
             world=self.world if training else None,
             forward=self.forward if training else None,
         )
@@ -457,6 +471,7 @@ def run_pass(
     world: distributed.World | None = None,
     forward: Callable | None = None,
     progress_every: float = 0.0,
+    time_warp: float = 0.0,
 ) -> dict[str, float]:
     """One pass over `dataset`: training when `step` (the optimizer step) is given, else
     evaluation. Padded batches for sequence data, truncated-BPTT windows with the state
@@ -464,7 +479,8 @@ def run_pass(
     norm when training). With an active `world` (DDP training) each rank takes its rows of every
     batch (`distributed.shard`) and runs `forward` (the DDP wrapper); loss and speed are the
     group's, the other metrics this rank's rows'. `progress`: a tqdm bar; `progress_every` > 0: a
-    plain line on stderr at most every that many seconds (toolkit.train.progress)."""
+    plain line on stderr at most every that many seconds (toolkit.train.progress). `time_warp` > 0:
+    each training batch's series warped in time at that strength (toolkit.train.augment)."""
     training = step is not None
     sequences = tasks.of(task).predicts == "sequences"  # seq2seq: teacher-forced, and decoded to score
     model.train(training)
@@ -490,6 +506,8 @@ def run_pass(
             targets = torch.from_numpy(item.targets).to(device)
             lengths = torch.from_numpy(item.lengths)
             steps += int(item.lengths.sum())
+            if time_warp:
+                inputs = augment.time_warp(inputs, lengths, time_warp, rng)
         with torch.set_grad_enabled(training), torch.autocast("cuda", enabled=amp):
             y, state = (forward or model)(inputs, lengths, targets if sequences else state if streaming else None)
             loss_sum, count = task_loss(model, task, y, targets, lengths, label_smoothing, class_weight)
