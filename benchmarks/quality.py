@@ -69,14 +69,16 @@ SETS = {
     "OSULeaf": {
         "stem": "OSULeaf",
         "budget": 300,
-        "flags": "--cell gru --bidirectional --pool max --frame-stack 8 --hidden-size 128 --epochs 150 --lr 0.003"
-        " --batch-size 8 --val-fraction 0.15 --patience 30",
+        # all of TRAIN (no held-out epoch picking: 200 series) and time warps of the leaf outlines
+        "flags": "--cell gru --bidirectional --pool max --frame-stack 8 --hidden-size 128 --epochs 80 --lr 0.003"
+        " --batch-size 8 --val-fraction 0 --time-warp 0.2",
     },
     "ACSF1": {
         "stem": "ACSF1",
         "budget": 300,
+        # all of TRAIN (100 series); time warps hurt here: an appliance's timing is its signature
         "flags": "--cell gru --bidirectional --pool max --frame-stack 16 --hidden-size 128 --epochs 100 --lr 0.003"
-        " --batch-size 8 --val-fraction 0.2 --patience 30",
+        " --batch-size 8 --val-fraction 0",
     },
     "PickupGestureWiimoteZ": {
         "stem": "PickupGestureWiimoteZ_eq",
