@@ -70,7 +70,8 @@ def test_a_stream_answers_per_frame_and_its_end_answers_the_rest(bundle):
     got = [[] for _ in xs]
     for start in range(0, 11, 3):
         live = [i for i, x in enumerate(xs) if start < len(x)]
-        for i, y in zip(live, engine.push_many([streams[i] for i in live], [xs[i][start : start + 3] for i in live])):
+        outputs = engine.push_many([streams[i] for i in live], [xs[i][start : start + 3] for i in live])
+        for i, y in zip(live, outputs, strict=True):
             got[i].append(y)
     for i, x in enumerate(xs):
         gap = np.abs(np.concatenate(got[i] + [streams[i].tail()]) - prefixes(engine, x)).max()
