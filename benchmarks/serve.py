@@ -1,11 +1,12 @@
 """Load benchmark for `rnnkit serve`: many concurrent WebSocket streams on loopback, batched against
 unbatched (`--max-batch 1`) in the same run, with plain onnxruntime at full batch as the ceiling.
 
-    .venv/bin/python -m benchmarks.serve [--streams 256] [--seconds 10] [--modes 0,1,2] [--soak 300]
+    .venv/bin/python -m benchmarks.serve [--streams 256] [--seconds 10] [--modes 0,1,2,3] [--soak 300]
 
 Clients run a closed loop: send a chunk for each stream of the connection, wait for the outputs,
-send the next, in three ways (MODES): a connection per stream with one step per message, 16
-streams per connection in array frames, and a connection per stream with 4 steps per message.
+send the next, in four ways (MODES): a connection per stream with one step per message, 16
+streams per connection in array frames, a connection per stream with 4 steps per message, and a
+connection per stream with one step per binary message (toolkit.runtime.binary).
 Latency is from sending a chunk to receiving its outputs. Model (serve issue): LSTM 2x256 on 64
 features. The client (websockets, asyncio) runs in this process, on the same cores as the server,
 as a real deployment's clients would not: the figures are a floor.
@@ -19,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -70,10 +72,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def frames(connection: int, per_connection: int, chunk: int, count: int = 16) -> list[str]:
+def frames(connection: int, per_connection: int, chunk: int, count: int = 16, binary: bool = False) -> list:
     """Pre-serialised frames for one connection, so the client spends its time on the socket: one
-    message, or (several streams per connection) an array of one message per stream."""
+    message, or (several streams per connection) an array of one message per stream; `binary`:
+    binary messages (toolkit.runtime.binary), one stream per connection."""
     rng = np.random.default_rng(connection)
+    if binary:
+        header = struct.Struct("<BBHI")
+        values = [rng.normal(size=(chunk, FEATURES)).astype("<f4") for _ in range(count)]
+        return [header.pack(1, 0, 2, chunk) + b"s0" + v.tobytes() for v in values]
     out = []
     for _ in range(count):
         messages = [
@@ -93,6 +100,7 @@ async def load(
     inflight: int = 1,
     warmup: float = 3.0,
     churn: int = 0,
+    binary: bool = False,
 ) -> dict:
     """Each connection keeps `inflight` frames in flight (1: a closed loop, send, wait for the
     outputs, send the next; 2: the next chunk is on its way while the last is computed, as a
@@ -110,7 +118,7 @@ async def load(
 
     async def client(i: int):
         nonlocal steps
-        texts = frames(i, per_connection, chunk)
+        texts = frames(i, per_connection, chunk, binary=binary)
         sent_at = [deque() for _ in range(per_connection)]  # per stream, its chunks in flight
         async with websockets.connect(f"ws://{address}/v1/streams", compression=None, max_size=None) as ws:
             n = outstanding = 0
@@ -130,8 +138,12 @@ async def load(
             for _ in range(inflight):
                 await send_frame()
             while outstanding:
-                replies = orjson.loads(await ws.recv())
+                data = await ws.recv()
                 done = time.perf_counter()
+                if isinstance(data, bytes):  # a binary reply (kind 0: outputs) to this connection's one stream
+                    replies = {"stream": "s0", "outputs": True} if data[1] == 0 else {"binary kind": data[1]}
+                else:
+                    replies = orjson.loads(data)
                 for reply in replies if isinstance(replies, list) else [replies]:
                     outstanding -= 1
                     if "outputs" not in reply:
@@ -171,11 +183,13 @@ def plain_onnxruntime(bundle: Path, batch: int, chunk: int = 1, seconds: float =
 
 
 # How clients send (see README): steps per message, streams per connection (1: a connection per
-# stream; more: a gateway's connection carrying array frames), frames in flight per connection.
+# stream; more: a gateway's connection carrying array frames), frames in flight per connection,
+# binary messages (toolkit.runtime.binary) instead of JSON.
 MODES = {
-    "1 step per message, a connection per stream": (1, 1, 1),
-    "1 step per message, 16 streams per connection": (1, 16, 1),
-    "4 steps per message, a connection per stream": (4, 1, 1),
+    "1 step per message, a connection per stream": (1, 1, 1, False),
+    "1 step per message, 16 streams per connection": (1, 16, 1, False),
+    "4 steps per message, a connection per stream": (4, 1, 1, False),
+    "1 step per message, a connection per stream, binary": (1, 1, 1, True),
 }
 
 
@@ -209,11 +223,13 @@ def main() -> None:
             }
         for index in args.modes.split(","):
             mode = list(MODES)[int(index)]
-            chunk, per_connection, inflight = MODES[mode]
+            chunk, per_connection, inflight, binary = MODES[mode]
             for kind, flags in servers.items():
                 proc, address = start_server(bundle, *flags)
                 try:
-                    figures = asyncio.run(load(address, args.streams, args.seconds, chunk, per_connection, inflight))
+                    figures = asyncio.run(
+                        load(address, args.streams, args.seconds, chunk, per_connection, inflight, binary=binary)
+                    )
                     figures["server RSS MiB"] = rss_mib(proc.pid)
                 finally:
                     stop_server(proc)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import struct
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,11 +18,13 @@ from hypothesis import strategies as st
 from benchmarks.fuzz_serve import WIDTH, failures, fuzz
 from benchmarks.models import feature_bundle
 from toolkit.core.bundle import BundleError, read_manifest
+from toolkit.runtime import binary
 from toolkit.runtime.engine import Engine
 from toolkit.runtime.messages import Codec, MessageError
 
 MANIFEST = {"input": {"kind": "features", "num_features": 3}, "output": {"name": "values"}}
-TOKENS = {"input": {"kind": "tokens", "vocab": ["<pad>", "<unk>", "<bos>", "<eos>", "a"]}, "output": {"name": "logits"}}
+VOCAB = ["<pad>", "<unk>", "<bos>", "<eos>", "a"]
+TOKENS = {"input": {"kind": "tokens", "vocab": VOCAB, "vocab_size": len(VOCAB)}, "output": {"name": "logits"}}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,29 @@ def test_any_text_is_a_message_or_a_400_and_every_reply_encodes(text):
             orjson.dumps({"stream": e.stream, "error": str(e)})
             continue
         orjson.dumps({"stream": msg.stream, "steps": 0})  # raises on a name no reply could carry
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=64)
+    | st.builds(
+        lambda head, name, body: struct.pack("<BBHI", *head) + name + body,
+        st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 6), st.integers(0, 5)),
+        st.binary(max_size=6),
+        st.binary(max_size=48),
+    )
+)
+def test_any_bytes_are_a_binary_message_or_a_refusal_and_every_reply_packs(data):
+    for manifest in (MANIFEST, TOKENS):
+        try:
+            msg = binary.parse(data, manifest["input"], 4)
+        except MessageError as e:
+            assert e.code in (400, 413)
+            orjson.dumps({"stream": e.stream, "error": str(e)})
+            continue
+        if msg.chunk is not None:
+            assert 1 <= len(msg.chunk) <= 4 and (msg.chunk.dtype == np.int64 or np.isfinite(msg.chunk).all())
+        binary.reply(msg.kind, msg.stream, 0, np.zeros((1, 3), np.float32), 0, 0)
 
 
 @settings(max_examples=300, deadline=None)

@@ -16,6 +16,7 @@ import orjson
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from toolkit.runtime import binary
 from toolkit.runtime.messages import Message, MessageError, control_reply, loads, unknown_stream
 from toolkit.runtime.scheduler import Job, ServedStream, TooManyStreams
 
@@ -64,17 +65,16 @@ class Connection:
                 if message["type"] == "websocket.disconnect":
                     break
                 text = message.get("text")
-                if text is None:
-                    self.messages += 1
-                    self.refuse(None, "binary frames are not accepted: send each message as a JSON text frame", 400)
-                else:
-                    counted = self.messages
-                    try:
+                counted = self.messages
+                try:
+                    if text is None:
+                        self.receive_binary(message.get("bytes") or b"")
+                    else:
                         self.receive(text)
-                    except Exception:  # a bug must not take the connection's other streams with it
-                        self.messages = max(self.messages, counted + 1)
-                        log.exception("message %d on a connection", self.messages)
-                        self.refuse(None, "internal error on this message (logged by the server); not run", 500)
+                except Exception:  # a bug must not take the connection's other streams with it
+                    self.messages = max(self.messages, counted + 1)
+                    log.exception("message %d on a connection", self.messages)
+                    self.refuse(None, "internal error on this message (logged by the server); not run", 500)
         except WebSocketDisconnect:
             pass
         finally:
@@ -94,6 +94,17 @@ class Connection:
             msg = self.hub.codec.parse(text)
         except MessageError as e:
             return self.refuse(e.stream, str(e), e.code)
+        self.handle(msg)
+
+    def receive_binary(self, data: bytes) -> None:
+        """A binary message (toolkit.runtime.binary): answered in binary, refused in JSON."""
+        self.messages += 1
+        codec = self.hub.codec
+        try:
+            msg = binary.parse(data, codec.input, codec.max_chunk)
+        except MessageError as e:
+            return self.refuse(e.stream, str(e), e.code)
+        msg.binary = True
         self.handle(msg)
 
     def handle_frame(self, text: str) -> None:
@@ -133,6 +144,8 @@ class Connection:
                         410,
                     )
                 steps = self.evicted.pop(name)  # reset or end of an evicted stream: acknowledged
+                if msg.binary:
+                    return self.send(binary.reply(msg.kind, name, steps, hub.engine.no_outputs(1)[0], 0, 0))
                 return self.send(control_reply(name, msg.kind, steps))
             if msg.kind != "chunk":
                 return self.refuse(name, unknown_stream(name, msg.kind, " on this connection"), 404)
@@ -148,11 +161,15 @@ class Connection:
             return self.refuse(name, f"stream {name!r} has {MAX_PENDING} chunks waiting; read their replies first", 429)
         if msg.kind == "end":  # a chunk after the end opens a new stream of that name
             del self.streams[name]
-        hub.scheduler.submit(stream, Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown))
+        job = Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown, binary=msg.binary)
+        hub.scheduler.submit(stream, job)
 
     def _done(self, stream: ServedStream, job: Job) -> None:
         if job.error:
             self.refuse(stream.name, job.error, job.code)
+        elif job.binary:
+            outputs = job.outputs if job.outputs is not None else self.hub.engine.no_outputs(1)[0]
+            self.send(binary.reply(job.kind, stream.name, job.start, outputs, job.frame, job.waiting))
         elif job.kind == "reset":
             self.send(control_reply(stream.name, job.kind, job.start))
         elif job.kind == "end":  # outputs: the last frame's, when steps waited for it (else none)
@@ -182,7 +199,11 @@ class Connection:
         self.hub.telemetry.errors.labels(str(code)).inc()
         self.send({"message": self.messages, "stream": stream, "error": error, "code": code})
 
-    def send(self, obj: dict) -> None:
+    def send(self, obj: dict | bytes) -> None:
+        if isinstance(obj, bytes):  # a binary reply, sent as it is
+            self.outbox_bytes += len(obj)
+            self.outbox.put_nowait(obj)
+            return
         try:
             text = orjson.dumps(obj).decode()
         except (TypeError, orjson.JSONEncodeError):  # a bug upstream: say so rather than lose the reply
@@ -207,15 +228,22 @@ class Connection:
                 ready = [await outbox.get()]
                 while not outbox.empty():
                     ready.append(outbox.get_nowait())
-                self.outbox_bytes -= sum(len(item) for item in ready if isinstance(item, str))
+                self.outbox_bytes -= sum(len(item) for item in ready if not isinstance(item, tuple))
                 close = next((item for item in ready if isinstance(item, tuple)), None)  # (code, reason)
                 if close:  # nothing after it goes out
                     ready = ready[: ready.index(close)]
-                if self.arrays and ready:
-                    await ws.send_text("[" + ",".join(ready) + "]")
-                else:
-                    for text in ready:
-                        await ws.send_text(text)
+                texts: list[str] = []  # JSON replies not sent yet: one array frame on an array connection
+                for item in [*ready, None]:
+                    if isinstance(item, str):
+                        texts.append(item)
+                        if not self.arrays:
+                            await ws.send_text(texts.pop())
+                        continue
+                    if texts:
+                        await ws.send_text("[" + ",".join(texts) + "]")
+                        texts = []
+                    if item is not None:  # a binary reply: a frame of its own, in order
+                        await ws.send_bytes(item)
                 if close:
                     await ws.close(*close)
                     return

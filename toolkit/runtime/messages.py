@@ -69,6 +69,7 @@ class Message:
     kind: str  # "chunk" | "reset" | "end"
     chunk: np.ndarray | None = None
     unknown: int = 0  # tokens mapped to <unk>
+    binary: bool = False  # came as a binary message (toolkit.runtime.binary): answered in kind
 
 
 class Codec:

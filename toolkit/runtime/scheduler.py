@@ -101,6 +101,7 @@ class Job:
     done: Callable[[ServedStream, Job], None]  # called on the event loop once the job has run
     chunk: np.ndarray | None = None
     unknown: int = 0  # tokens of the chunk mapped to <unk> (for the reply)
+    binary: bool = False  # answered in binary: its outputs stay a float32 array, not `present`ed
     arrived: float = field(default_factory=time.perf_counter)
     start: int = 0  # the stream's step index of the chunk's first step (or steps, for end)
     run: np.ndarray | None = None  # the steps run for it: whole frames of the chunk (and those waiting)
@@ -301,7 +302,13 @@ class Scheduler:
                 y, state = self.engine.run_step(x, self.pool.gather(slots))
                 keep = np.array([batch[i][1].kind == "chunk" for i in rows])
                 updates.append((slots[keep], {name: value[:, keep] for name, value in state.items()}))
-            for i, presented in zip(rows, self.present(y), strict=True):
+            raw = [batch[i][1].binary for i in rows]
+            if not any(raw):
+                outputs_of = self.present(y)
+            else:  # binary replies take the float32 rows as they are
+                shown = iter(self.present(y[[not r for r in raw]]) if not all(raw) else ())
+                outputs_of = [y[row].copy() if r else next(shown) for row, r in enumerate(raw)]
+            for i, presented in zip(rows, outputs_of, strict=True):
                 outputs[i] = presented
         for slots, state in updates:
             self.pool.scatter(slots, state)
