@@ -40,9 +40,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+def start_server(bundle: Path, *flags: str, cpus: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`rnnkit serve` in its own process (pinned to `cpus`, a taskset list, when given)."""
     port = free_port()
     cmd = [sys.executable, "-m", "cli.main", "serve", str(bundle), "--port", str(port), "--device", "cpu", *flags]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -63,6 +66,12 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (/proc/PID/stat fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -101,6 +110,7 @@ async def load(
     warmup: float = 3.0,
     churn: int = 0,
     binary: bool = False,
+    server_pid: int | None = None,
 ) -> dict:
     """Each connection keeps `inflight` frames in flight (1: a closed loop, send, wait for the
     outputs, send the next; 2: the next chunk is on its way while the last is computed, as a
@@ -157,14 +167,26 @@ async def load(
                 while outstanding <= per_connection * (inflight - 1) and time.perf_counter() < stop_at:
                     await send_frame()
 
+    cpu: list[float] = []
+
+    async def server_cpu():  # the server's CPU seconds over the measured window
+        for at in (measure_from, stop_at):
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            cpu.append(cpu_seconds(server_pid))
+
+    sampler = asyncio.ensure_future(server_cpu()) if server_pid else None
     await asyncio.gather(*(client(i) for i in range(streams // per_connection)))
     lat = np.array(latencies) * 1e3
-    return {
+    figures = {
         "stream-steps/s": steps / seconds,
         "p50 ms": float(np.percentile(lat, 50)),
         "p99 ms": float(np.percentile(lat, 99)),
         "chunks": len(lat),
     }
+    if sampler is not None:
+        await sampler
+        figures["server CPU us/message"] = (cpu[1] - cpu[0]) / len(lat) * 1e6  # a message carries one chunk
+    return figures
 
 
 def plain_onnxruntime(bundle: Path, batch: int, chunk: int = 1, seconds: float = 5.0) -> float:
@@ -201,7 +223,18 @@ def main() -> None:
     parser.add_argument("--max-delay-ms", default="2")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak after the comparison (0: none)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--ws", default="websockets", help="comma list of `rnnkit serve --ws-protocol` values")
+    parser.add_argument("--batched-only", action="store_true", help="skip the unbatched servers")
+    parser.add_argument(
+        "--pin", action="store_true", help="server on the first half of the cores, this client on the rest (taskset)"
+    )
     args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    server_cpus = None
+    if args.pin:
+        half = max(1, len(cores) // 2)
+        server_cpus = ",".join(map(str, cores[:half]))
+        os.sched_setaffinity(0, cores[half:] or cores)
 
     import onnxruntime as ort
 
@@ -210,10 +243,15 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, LSTM {LAYERS}x{HIDDEN}, {FEATURES} features")
     print(f"{args.streams} concurrent streams, closed loop, {args.seconds:g} s measured per configuration")
     results: dict = {}
-    servers = {
-        "batched": ["--max-batch", str(args.streams), "--max-delay-ms", args.max_delay_ms],
-        "one stream per call": ["--max-batch", "1", "--max-delay-ms", "0"],
-    }
+    servers = {}
+    for ws in args.ws.split(","):
+        named = "" if ws == "websockets" else f", {ws}"
+        protocol = ["--ws-protocol", ws]
+        servers[f"batched{named}"] = ["--max-batch", str(args.streams), "--max-delay-ms", args.max_delay_ms, *protocol]
+        if not args.batched_only:
+            servers[f"one stream per call{named}"] = ["--max-batch", "1", "--max-delay-ms", "0", *protocol]
+    if server_cpus:
+        print(f"server pinned to cores {server_cpus}, client to {sorted(os.sched_getaffinity(0))}")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = feature_bundle(Path(tmp) / "uni", bidirectional=False)
         for chunk in sorted({MODES[m][0] for m in MODES}):
@@ -225,11 +263,14 @@ def main() -> None:
             mode = list(MODES)[int(index)]
             chunk, per_connection, inflight, binary = MODES[mode]
             for kind, flags in servers.items():
-                proc, address = start_server(bundle, *flags)
+                proc, address = start_server(bundle, *flags, cpus=server_cpus)
                 try:
                     figures = asyncio.run(
-                        load(address, args.streams, args.seconds, chunk, per_connection, inflight, binary=binary)
-                    )
+                        load(
+                            address, args.streams, args.seconds, chunk, per_connection, inflight,
+                            binary=binary, server_pid=proc.pid,
+                        )
+                    )  # fmt: skip
                     figures["server RSS MiB"] = rss_mib(proc.pid)
                 finally:
                     stop_server(proc)
@@ -242,7 +283,7 @@ def main() -> None:
         print(f"{name:<70} " + "  ".join(f"{k} {v:,.1f}" for k, v in figures.items() if not isinstance(v, list)))
     print("\ntargets: >= 40,000 stream-steps/s, >= 8x unbatched, p99 <= 25 ms")
     for mode in MODES:
-        if f"{mode}: batched" in results:
+        if f"{mode}: batched" in results and f"{mode}: one stream per call" in results:
             batched, alone = results[f"{mode}: batched"], results[f"{mode}: one stream per call"]
             ratio = batched["stream-steps/s"] / alone["stream-steps/s"]
             rate, p99 = batched["stream-steps/s"], batched["p99 ms"]

@@ -6,6 +6,8 @@ import click
 
 from cli.main import engine_options, local_bundle, message_size_option, model_argument, user_errors
 
+WS_PROTOCOLS = ("websockets", "websockets-sansio", "wsproto")  # uvicorn's names; the first is the default
+
 
 def seconds_option(name: str, default: float, what: str):
     seconds = click.FloatRange(min=0, min_open=True)
@@ -59,13 +61,23 @@ def seconds_option(name: str, default: float, what: str):
 @seconds_option("--request-timeout", 10.0, "Seconds a client has to send a request's headers (handshakes included).")
 @seconds_option("--first-message-timeout", 60.0, "Seconds a new WebSocket has to send its first message.")
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
+@click.option(
+    "--ws-protocol",
+    type=click.Choice(WS_PROTOCOLS),
+    default=WS_PROTOCOLS[0],
+    show_default=True,
+    help="uvicorn's WebSocket implementation (README, 'Serve benchmark', compares them).",
+)
 @user_errors
-def serve(model, host, port, device, threads, allow_unverified, allow_hosts, allow_origins, access_log, **limits):
+def serve(
+    model, host, port, device, threads, allow_unverified, allow_hosts, allow_origins, access_log, ws_protocol, **limits
+):
     """Serve MODEL: WebSocket streams batched across streams, HTTP full-sequence inference.
 
     \b
     WS   /v1/streams    {"stream": "a", "features": [[...], ...]} / "tokens" / "reset" / "end",
-                        or an array of such messages per frame (replies then come as arrays)
+                        or an array of such messages per frame (replies then come as arrays),
+                        or binary messages (README: "Binary messages"), answered in binary
     POST /v1/infer      {"sequences": [...]}
     GET  /v1/model  /health  /metrics  /openapi.json  /docs
 
@@ -91,4 +103,4 @@ def serve(model, host, port, device, threads, allow_unverified, allow_hosts, all
         "streams and full sequences" if engine.step is not None else "whole sequences only: " + engine.why_not_streaming
     )
     click.echo(f"serving {bundle} on {engine.provider}: {mode}; http://{host}:{port}", err=True)
-    serve(app, host, port, settings.max_message_bytes, access_log=access_log)
+    serve(app, host, port, settings.max_message_bytes, access_log=access_log, ws=ws_protocol)

@@ -361,11 +361,20 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(app: FastAPI, host: str, port: int, max_message_bytes: int, log_level: str = "info", access_log=False):
+def serve(
+    app: FastAPI,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    log_level: str = "info",
+    access_log=False,
+    ws: str = "websockets",
+):
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        ws=ws,
         ws_max_size=max_message_bytes,
         ws_per_message_deflate=False,  # compressing small JSON frames costs more CPU than it saves on a LAN
         log_level=log_level,
