@@ -6,7 +6,7 @@ import click
 
 from cli.main import engine_options, local_bundle, message_size_option, model_argument, user_errors
 
-WS_PROTOCOLS = ("websockets", "websockets-sansio", "wsproto")  # uvicorn's names; the first is the default
+WS_PROTOCOLS = ("websockets-sansio", "websockets")  # uvicorn's, on the websockets package; the first: default
 
 
 def seconds_option(name: str, default: float, what: str):

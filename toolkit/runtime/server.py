@@ -368,7 +368,7 @@ def serve(
     max_message_bytes: int,
     log_level: str = "info",
     access_log=False,
-    ws: str = "websockets",
+    ws: str = "websockets-sansio",
 ):
     config = uvicorn.Config(
         app,
