@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cli.serve import WS_PROTOCOLS
+
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES, HIDDEN, LAYERS = 64, 256, 2
 
@@ -223,7 +225,9 @@ def main() -> None:
     parser.add_argument("--max-delay-ms", default="2")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak after the comparison (0: none)")
     parser.add_argument("--json", help="also write the figures here")
-    parser.add_argument("--ws", default="websockets", help="comma list of `rnnkit serve --ws-protocol` values")
+    parser.add_argument(
+        "--ws", default=WS_PROTOCOLS[0], help="comma list of `rnnkit serve --ws-protocol` values (its default)"
+    )
     parser.add_argument("--batched-only", action="store_true", help="skip the unbatched servers")
     parser.add_argument(
         "--pin", action="store_true", help="server on the first half of the cores, this client on the rest (taskset)"
@@ -245,7 +249,7 @@ def main() -> None:
     results: dict = {}
     servers = {}
     for ws in args.ws.split(","):
-        named = "" if ws == "websockets" else f", {ws}"
+        named = "" if ws == WS_PROTOCOLS[0] else f", {ws}"
         protocol = ["--ws-protocol", ws]
         servers[f"batched{named}"] = ["--max-batch", str(args.streams), "--max-delay-ms", args.max_delay_ms, *protocol]
         if not args.batched_only:
