@@ -122,13 +122,7 @@ def build_full_graph(
     x = _input_layer(g, plan, weights, padded=True)
     lengths = "lengths"
     if cfg.frame_stack > 1:
-        x = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features)
-        lengths = g.one(
-            "Div",
-            [g.one("Add", ["lengths", g.const("frames.k_minus_1", cfg.frame_stack - 1, np.int64)], "frames.up"),
-             g.const("frames.k_lengths", cfg.frame_stack, np.int64)],
-            "frame_lengths",
-        )  # fmt: skip
+        x, lengths = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features, lengths)
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
     seq = g.one("Cast", [lengths], "sequence_lens", to=TensorProto.INT32)
     top, finals = _encoder(g, plan, weights, x, seq, state=None)
@@ -174,7 +168,8 @@ def build_step_graph(
     x = _input_layer(g, plan, weights)
     time = "chunk"
     if cfg.frame_stack > 1:  # a partial (last) frame is filled with the normalised 0, as in model.onnx
-        x, time = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features), "frames"
+        x, _ = _stack_frames(g, x, cfg.frame_stack, cfg.frame_stack * plan.num_features)
+        time = "frames"
     x = g.one("Transpose", [x], "x_time_major", perm=[1, 0, 2])
     names = [spec["name"] for spec in state_spec(cfg)]
     top, finals = _encoder(g, plan, weights, x, seq="", state=names)
@@ -568,10 +563,11 @@ def _merge(g: _GraphBuilder, plan: _Plan, y: str, i: int) -> str:
     return g.one("Reshape", [tbdh, g.ints(f"layer{i}.shape_tb_", [0, 0, -1])], f"layer{i}.out")
 
 
-def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int) -> str:
-    """x [B, T, F], padding already 0 -> frames [B, ceil(T / k), k * F], as toolkit.models.frames
-    defines them: Pad the time axis with zeros to a multiple of k ((-T) mod k steps), then
-    Reshape to [B, -1, width = k * F]. (The full graph's frame lengths are ceil(lengths / k).)"""
+def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int, lengths: str | None = None) -> tuple[str, str | None]:
+    """x [B, T, F], padding already 0 -> (frames [B, ceil(T / k), k * F], frame lengths
+    ceil(lengths / k), or None without `lengths`: the step graph), as toolkit.models.frames defines
+    them: Pad the time axis with zeros to a multiple of k ((-T) mod k steps), then Reshape to
+    [B, -1, width = k * F]."""
     shape = g.one("Shape", [x], "frames.x_shape")
     time = g.one("Slice", [shape, g.ints("frames.time_from", [1]), g.ints("frames.time_to", [2])], "frames.time")
     size = g.const("frames.k", k, np.int64)
@@ -584,7 +580,11 @@ def _stack_frames(g: _GraphBuilder, x: str, k: int, width: int) -> str:
         axis=0,
     )
     padded = g.one("Pad", [x, pads], "frames.padded")
-    return g.one("Reshape", [padded, g.ints("frames.shape", [0, -1, width])], "frames")
+    frames = g.one("Reshape", [padded, g.ints("frames.shape", [0, -1, width])], "frames")
+    if lengths is None:
+        return frames, None
+    up = g.one("Add", [lengths, g.const("frames.k_minus_1", k - 1, np.int64)], "frames.lengths_up")
+    return frames, g.one("Div", [up, size], "frame_lengths")
 
 
 def _pool(g: _GraphBuilder, plan: _Plan, weights, top: str, top_h: str, lengths: str = "lengths") -> str:

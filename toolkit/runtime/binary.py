@@ -63,7 +63,7 @@ def parse(data: bytes, input_spec: dict, max_chunk: int) -> Message:
         raise MessageError("binary message: the stream name is not UTF-8") from None
     body = memoryview(data)[HEADER.size + size :]
     try:
-        return Message(stream, KINDS[kind], _values(body, KINDS[kind], steps, input_spec, max_chunk))
+        return Message(stream, KINDS[kind], _values(body, KINDS[kind], steps, input_spec, max_chunk), binary=True)
     except MessageError as e:
         e.stream = stream
         raise
@@ -81,8 +81,8 @@ def _values(body: memoryview, kind: str, steps: int, spec: dict, max_chunk: int)
     tokens = spec["kind"] == "tokens"
     width = 1 if tokens else spec["num_features"]
     what = "int32 token ids" if tokens else f"float32 values ({width} per step)"
-    if len(body) != steps * width * 4:
-        want = steps * width * 4
+    want = steps * width * 4
+    if len(body) != want:
         raise MessageError(f"a binary chunk of {steps} steps holds {want} bytes of {what}; got {len(body)}")
     if tokens:
         ids = np.frombuffer(body, dtype="<i4").astype(np.int64)

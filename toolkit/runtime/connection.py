@@ -104,7 +104,6 @@ class Connection:
             msg = binary.parse(data, codec.input, codec.max_chunk)
         except MessageError as e:
             return self.refuse(e.stream, str(e), e.code)
-        msg.binary = True
         self.handle(msg)
 
     def handle_frame(self, text: str) -> None:

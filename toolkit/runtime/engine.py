@@ -321,6 +321,13 @@ def take_frames(buffered: np.ndarray | None, chunk: np.ndarray, k: int) -> tuple
     return steps[:whole], steps[whole:] if whole < len(steps) else None
 
 
+def frame_position(steps: int, buffered: np.ndarray | None, k: int) -> tuple[int, int]:
+    """A stream's (frames run, steps waiting for their frame), from the steps it received and
+    those it holds (`take_frames`)."""
+    waiting = 0 if buffered is None else len(buffered)
+    return (steps - waiting) // k, waiting
+
+
 def _host(value) -> np.ndarray:
     return value.numpy() if isinstance(value, ort.OrtValue) else value
 
@@ -341,12 +348,12 @@ class Stream:
     @property
     def frames(self) -> int:
         """Frames run so far: the index of the next output (= steps for a model without frames)."""
-        return (self.steps - self.waiting) // self.engine.frame_stack
+        return frame_position(self.steps, self.buffered, self.engine.frame_stack)[0]
 
     @property
     def waiting(self) -> int:
         """Steps received but not run yet: those of an incomplete frame."""
-        return 0 if self.buffered is None else len(self.buffered)
+        return frame_position(self.steps, self.buffered, self.engine.frame_stack)[1]
 
     def push(self, chunk) -> np.ndarray:
         """Outputs [frames completed, K] (one per step without frames), the state carried on."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.runtime.engine import Engine, by_length, take_frames
+from toolkit.runtime.engine import Engine, by_length, frame_position, take_frames
 
 log = logging.getLogger("rnnkit.serve")
 BATCH_FAILED = "internal error on this batch (logged by the server); the chunk was not run"
@@ -197,8 +197,7 @@ class Scheduler:
 
     def _frames(self, stream: ServedStream) -> tuple[int, int]:
         """(frames the stream has run, steps waiting for their frame)."""
-        waiting = 0 if stream.buffered is None else len(stream.buffered)
-        return (stream.steps - waiting) // self.engine.frame_stack, waiting
+        return frame_position(stream.steps, stream.buffered, self.engine.frame_stack)
 
     def _apply(self, stream: ServedStream, job: Job) -> None:
         job.start = stream.steps
@@ -301,7 +300,9 @@ class Scheduler:
                 x = np.stack([batch[i][1].run for i in rows])
                 y, state = self.engine.run_step(x, self.pool.gather(slots))
                 keep = np.array([batch[i][1].kind == "chunk" for i in rows])
-                updates.append((slots[keep], {name: value[:, keep] for name, value in state.items()}))
+                if not keep.all():  # an end's last frame: its state row is not written back
+                    slots, state = slots[keep], {name: value[:, keep] for name, value in state.items()}
+                updates.append((slots, state))
             raw = [batch[i][1].binary for i in rows]
             if not any(raw):
                 outputs_of = self.present(y)
