@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.serve import WS_PROTOCOLS
+from toolkit.runtime import WS_PROTOCOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES, HIDDEN, LAYERS = 64, 256, 2
@@ -113,14 +114,15 @@ async def load(
     churn: int = 0,
     binary: bool = False,
     server_pid: int | None = None,
+    client: str = "picows",
 ) -> dict:
     """Each connection keeps `inflight` frames in flight (1: a closed loop, send, wait for the
     outputs, send the next; 2: the next chunk is on its way while the last is computed, as a
     sensor that sends at its own pace). Latency is from sending a chunk to receiving its outputs,
     measured after `warmup`. `churn` > 0: every stream ends and starts again every `churn` frames."""
     import orjson
-    import websockets
 
+    connect = CLIENTS[client]
     latencies: list[float] = []
     steps = 0
     start = time.perf_counter()
@@ -128,11 +130,11 @@ async def load(
     ends = [{"stream": f"s{j}", "end": True} for j in range(per_connection)]
     ends = json.dumps(ends if per_connection > 1 else ends[0])
 
-    async def client(i: int):
+    async def run_client(i: int):
         nonlocal steps
         texts = frames(i, per_connection, chunk, binary=binary)
         sent_at = [deque() for _ in range(per_connection)]  # per stream, its chunks in flight
-        async with websockets.connect(f"ws://{address}/v1/streams", compression=None, max_size=None) as ws:
+        async with connect(f"ws://{address}/v1/streams") as ws:
             n = outstanding = 0
 
             async def send_frame():
@@ -177,7 +179,7 @@ async def load(
             cpu.append(cpu_seconds(server_pid))
 
     sampler = asyncio.ensure_future(server_cpu()) if server_pid else None
-    await asyncio.gather(*(client(i) for i in range(streams // per_connection)))
+    await asyncio.gather(*(run_client(i) for i in range(streams // per_connection)))
     lat = np.array(latencies) * 1e3
     figures = {
         "stream-steps/s": steps / seconds,
@@ -189,6 +191,67 @@ async def load(
         await sampler
         figures["server CPU us/message"] = (cpu[1] - cpu[0]) / len(lat) * 1e6  # a message carries one chunk
     return figures
+
+
+@contextlib.asynccontextmanager
+async def websockets_client(url: str):
+    import websockets
+
+    async with websockets.connect(url, compression=None, max_size=None) as ws:
+        yield ws
+
+
+class PicowsClient:
+    """A picows connection with the `send` / `recv` of a websockets one (replies queued by picows'
+    frame callback): a client that costs the shared cores a fraction of what websockets costs."""
+
+    def __init__(self, transport, listener):
+        self.transport, self.replies = transport, listener.replies
+
+    async def send(self, message: str | bytes) -> None:
+        from picows import WSMsgType
+
+        if isinstance(message, str):
+            self.transport.send(WSMsgType.TEXT, message.encode())
+        else:
+            self.transport.send(WSMsgType.BINARY, message)
+
+    async def recv(self) -> str | bytes:
+        reply = await self.replies.get()
+        if reply is None:
+            raise ConnectionError("the server closed the connection")
+        return reply
+
+
+@contextlib.asynccontextmanager
+async def picows_client(url: str):
+    from picows import WSListener, WSMsgType, ws_connect
+
+    class Listener(WSListener):
+        def __init__(self):
+            super().__init__()
+            self.replies: asyncio.Queue = asyncio.Queue()
+
+        def on_ws_frame(self, transport, frame):
+            if frame.msg_type == WSMsgType.TEXT:
+                self.replies.put_nowait(frame.get_payload_as_utf8_text())
+            elif frame.msg_type == WSMsgType.BINARY:
+                self.replies.put_nowait(frame.get_payload_as_bytes())
+            elif frame.msg_type == WSMsgType.CLOSE:
+                self.replies.put_nowait(None)
+
+        def on_ws_disconnected(self, transport):
+            self.replies.put_nowait(None)
+
+    transport, listener = await ws_connect(Listener, url, max_frame_size=2**30)
+    try:
+        yield PicowsClient(transport, listener)
+    finally:
+        transport.send_close()
+        transport.disconnect()
+
+
+CLIENTS = {"picows": picows_client, "websockets": websockets_client}
 
 
 def plain_onnxruntime(bundle: Path, batch: int, chunk: int = 1, seconds: float = 5.0) -> float:
@@ -228,6 +291,7 @@ def main() -> None:
     parser.add_argument(
         "--ws", default=WS_PROTOCOLS[0], help="comma list of `rnnkit serve --ws-protocol` values (its default)"
     )
+    parser.add_argument("--client", choices=list(CLIENTS), default="picows", help="the load client's WebSocket library")
     parser.add_argument("--batched-only", action="store_true", help="skip the unbatched servers")
     parser.add_argument(
         "--pin", action="store_true", help="server on the first half of the cores, this client on the rest (taskset)"
@@ -272,7 +336,7 @@ def main() -> None:
                     figures = asyncio.run(
                         load(
                             address, args.streams, args.seconds, chunk, per_connection, inflight,
-                            binary=binary, server_pid=proc.pid,
+                            binary=binary, server_pid=proc.pid, client=args.client,
                         )
                     )  # fmt: skip
                     figures["server RSS MiB"] = rss_mib(proc.pid)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.main import engine_options, local_bundle, message_size_option, model_argument, user_errors
-
-WS_PROTOCOLS = ("websockets-sansio", "websockets")  # uvicorn's, on the websockets package; the first: default
+from toolkit.runtime import WS_PROTOCOLS
 
 
 def seconds_option(name: str, default: float, what: str):
@@ -66,7 +65,8 @@ def seconds_option(name: str, default: float, what: str):
     type=click.Choice(WS_PROTOCOLS),
     default=WS_PROTOCOLS[0],
     show_default=True,
-    help="uvicorn's WebSocket implementation (README, 'Serve benchmark', compares them).",
+    help="The WebSocket implementation of /v1/streams: picows, or uvicorn's through the ASGI app "
+    "(README, 'Serve benchmark', compares them).",
 )
 @user_errors
 def serve(
@@ -97,10 +97,10 @@ def serve(
     )
     # The other options are Settings fields of the same names (token, limits and timeouts).
     hosts = list(allow_hosts) or default_hosts(host)
-    settings = Settings(allow_hosts=hosts, allow_origins=list(allow_origins), **limits)
+    settings = Settings(allow_hosts=hosts, allow_origins=list(allow_origins), ws_protocol=ws_protocol, **limits)
     app = create_app(engine, settings, source=model)
     mode = (
         "streams and full sequences" if engine.step is not None else "whole sequences only: " + engine.why_not_streaming
     )
     click.echo(f"serving {bundle} on {engine.provider}: {mode}; http://{host}:{port}", err=True)
-    serve(app, host, port, settings.max_message_bytes, access_log=access_log, ws=ws_protocol)
+    serve(app, host, port, settings.max_message_bytes, access_log=access_log)

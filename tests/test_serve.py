@@ -24,6 +24,9 @@ from tests.serving import features, http, server
 from toolkit.runtime.engine import Engine
 
 NO_CUDA = "no working CUDA execution provider on this machine"
+# /v1/streams on picows (the default) and through the ASGI app (uvicorn's protocol): the tests of
+# limits and SIGTERM run on both.
+PROTOCOLS = pytest.mark.parametrize("protocol", ["picows", "websockets-sansio"])
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +210,10 @@ def test_bad_messages_are_answered_on_their_stream_only(bundles):
     )
 
 
-def test_limits_idle_eviction_and_sizes(bundles):
+@PROTOCOLS
+def test_limits_idle_eviction_and_sizes(bundles, protocol):
     rng = np.random.default_rng(2)
-    flags = ["--max-streams", "2", "--idle-timeout", "1", "--max-message-bytes", "2048"]
+    flags = ["--max-streams", "2", "--idle-timeout", "1", "--max-message-bytes", "2048", "--ws-protocol", protocol]
     with server(bundles["uni"], *flags) as (proc, address):
         with connect(f"ws://{address}/v1/streams") as ws:
             for name in ("a", "b", "c"):
@@ -271,11 +275,12 @@ def test_token_is_required_except_for_probes(bundles):
 
 
 # ---- SIGTERM ----------------------------------------------------------------------------------------
-def test_sigterm_answers_accepted_chunks_then_closes_streams(bundles):
+@PROTOCOLS
+def test_sigterm_answers_accepted_chunks_then_closes_streams(bundles, protocol):
     engine = Engine(bundles["uni"], device="cpu")
     rng = np.random.default_rng(3)
     seqs = {name: features(rng, 60) for name in ("a", "b", "c")}
-    with server(bundles["uni"], "--max-batch", "2") as (proc, address):
+    with server(bundles["uni"], "--max-batch", "2", "--ws-protocol", protocol) as (proc, address):
         with connect(f"ws://{address}/v1/streams") as ws:
             for k in range(0, 60, 3):  # 60 chunks queued before the signal
                 for name, seq in seqs.items():

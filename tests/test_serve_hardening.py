@@ -191,12 +191,13 @@ def handshake(address: str, path: str = "/v1/streams", **headers: str) -> int:
         return int(s.recv(4096).split(b" ", 2)[1])
 
 
-def test_hosts_origins_content_type_and_token_place_are_checked(bundles):
+@pytest.mark.parametrize("protocol", ["picows", "websockets-sansio"])
+def test_hosts_origins_content_type_and_token_place_are_checked(bundles, protocol):
     """DNS rebinding (a foreign Host), a cross-site WebSocket (a foreign Origin), a text/plain POST
     (no CORS preflight) and the token in an HTTP query are refused; /health hides internals from
     clients without the token."""
     secret = "tok-123"
-    flags = ["--allow-origin", "https://app.example.com"]
+    flags = ["--allow-origin", "https://app.example.com", "--ws-protocol", protocol]
     with server(bundles["uni"], *flags, env={"RNNKIT_SERVE_TOKEN": secret}) as (proc, address):
         bearer = {"Authorization": f"Bearer {secret}"}
         port = address.split(":")[1]
@@ -220,8 +221,10 @@ def test_hosts_origins_content_type_and_token_place_are_checked(bundles):
         assert set(public) == {"live", "ready", "draining"} and private["model"] == str(bundles["uni"])
 
 
-def test_slow_and_silent_clients_are_timed_out_and_connections_capped(bundles):
+@pytest.mark.parametrize("protocol", ["picows", "websockets-sansio"])
+def test_slow_and_silent_clients_are_timed_out_and_connections_capped(bundles, protocol):
     flags = ["--request-timeout", "1", "--first-message-timeout", "1", "--max-connections", "6"]
+    flags += ["--ws-protocol", protocol]
     with server(bundles["uni"], *flags) as (proc, address):
         host, port = address.split(":")
         silent = socket.create_connection((host, int(port)), timeout=10)

@@ -26,65 +26,59 @@ if TYPE_CHECKING:
 log = logging.getLogger("rnnkit.serve")
 MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client must read its replies
 OUTBOX_BYTES = 8 * 2**20  # replies waiting to be sent on one connection before it stops reading
+MAX_UNANSWERED = 1024  # messages accepted on one connection and not answered yet before it stops reading
 EVICTED_MEMORY = 4096  # evicted stream names remembered per connection, to say so if they come back
 
 
 class Connection:
-    """One WebSocket: its streams, its replies in order, refusals for this connection only."""
+    """One WebSocket: its streams, its replies in order, refusals for this connection only. The
+    transport is a subclass's: `AsgiConnection` (uvicorn and the ASGI app) or `toolkit.runtime.
+    fastws` (picows, no ASGI); it feeds `dispatch` each message and writes what `write` is given."""
 
-    def __init__(self, hub: Hub, ws: WebSocket):
-        self.hub, self.ws = hub, ws
+    def __init__(self, hub: Hub):
+        self.hub = hub
         self.streams: dict[str, ServedStream] = {}
         self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
-        self.outbox: asyncio.Queue = asyncio.Queue()
-        self.outbox_bytes = 0  # of the replies in the outbox
-        self.sender: asyncio.Task | None = None
         self.messages = 0
+        self.unanswered = 0  # jobs handed to the scheduler and not answered yet
         self.arrays = False  # the client sends array frames, so replies go out as arrays
+        self.finished: asyncio.Future | None = None  # done once the last reply is written (drain waits)
 
-    async def serve(self) -> None:
-        hub = self.hub
-        hub.connections.add(self)
-        hub.telemetry.connections.inc()
-        self.sender = asyncio.create_task(self._send())
+    # ---- what a transport calls ----------------------------------------------------------------
+    def opened(self) -> None:
+        self.hub.connections.add(self)
+        self.hub.telemetry.connections.inc()
+
+    def dispatch(self, text: str | None, data: bytes | None = None) -> None:
+        """One message: a text frame (`text`) or a binary one (`data`)."""
+        counted = self.messages
         try:
-            while True:
-                while self.outbox_bytes > OUTBOX_BYTES and not self.sender.done():
-                    await asyncio.sleep(0.005)  # a client that does not read is not read
-                if self.sender.done():  # the client is gone (a send failed): end the connection
-                    break
-                if self.messages:
-                    message = await self.ws.receive()
-                else:  # a connection that never sends would hold its socket for good
-                    wait = hub.settings.first_message_timeout
-                    try:
-                        message = await asyncio.wait_for(self.ws.receive(), wait)
-                    except asyncio.TimeoutError:
-                        await self.ws.close(1008, f"no message within {wait:g} s of connecting")
-                        break
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                counted = self.messages
-                try:
-                    if text is None:
-                        self.receive_binary(message.get("bytes") or b"")
-                    else:
-                        self.receive(text)
-                except Exception:  # a bug must not take the connection's other streams with it
-                    self.messages = max(self.messages, counted + 1)
-                    log.exception("message %d on a connection", self.messages)
-                    self.refuse(None, "internal error on this message (logged by the server); not run", 500)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            hub.connections.discard(self)
-            hub.telemetry.connections.dec()
-            for stream in self.streams.values():
-                hub.scheduler.close(stream)
-            self.streams.clear()
-            if not hub.draining:  # else drain() lets the sender flush and close
-                self.sender.cancel()
+            if text is None:
+                self.receive_binary(data or b"")
+            else:
+                self.receive(text)
+        except Exception:  # a bug must not take the connection's other streams with it
+            self.messages = max(self.messages, counted + 1)
+            log.exception("message %d on a connection", self.messages)
+            self.refuse(None, "internal error on this message (logged by the server); not run", 500)
+
+    def closed(self) -> None:
+        """The client is gone: its streams go with it."""
+        hub = self.hub
+        if self not in hub.connections:
+            return
+        hub.connections.discard(self)
+        hub.telemetry.connections.dec()
+        for stream in self.streams.values():
+            hub.scheduler.close(stream)
+        self.streams.clear()
+
+    def answered(self) -> None:
+        """A job was answered (a transport that stopped reading for the backlog may read again)."""
+
+    def write(self, item: str | bytes | tuple[int, str]) -> None:
+        """Queue a text frame, a binary frame or (code, reason): close after what is queued."""
+        raise NotImplementedError
 
     def receive(self, text: str) -> None:
         if text[:1] == "[":
@@ -161,9 +155,18 @@ class Connection:
         if msg.kind == "end":  # a chunk after the end opens a new stream of that name
             del self.streams[name]
         job = Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown, binary=msg.binary)
+        self.unanswered += 1
         hub.scheduler.submit(stream, job)
 
+    @property
+    def backlogged(self) -> bool:
+        """Too much accepted and not answered: stop reading this client until its replies go out
+        (a client that floods the server waits in TCP, not in the server's memory)."""
+        return self.unanswered > MAX_UNANSWERED
+
     def _done(self, stream: ServedStream, job: Job) -> None:
+        self.unanswered -= 1
+        self.answered()
         if job.error:
             self.refuse(stream.name, job.error, job.code)
         elif job.binary:
@@ -192,7 +195,7 @@ class Connection:
     def shutdown(self, reason: str) -> None:
         for stream in self.streams.values():
             self.send({"stream": stream.name, "closed": True, "reason": reason, "steps": stream.steps})
-        self.outbox.put_nowait((1001, reason))
+        self.write((1001, reason))
 
     def refuse(self, stream: str | None, error: str, code: int) -> None:
         self.hub.telemetry.errors.labels(str(code)).inc()
@@ -200,9 +203,7 @@ class Connection:
 
     def send(self, obj: dict | bytes) -> None:
         if isinstance(obj, bytes):  # a binary reply, sent as it is
-            self.outbox_bytes += len(obj)
-            self.outbox.put_nowait(obj)
-            return
+            return self.write(obj)
         try:
             text = orjson.dumps(obj).decode()
         except (TypeError, orjson.JSONEncodeError):  # a bug upstream: say so rather than lose the reply
@@ -215,12 +216,55 @@ class Connection:
                     "code": 500,
                 }
             ).decode()
-        self.outbox_bytes += len(text)
-        self.outbox.put_nowait(text)
+        self.write(text)
+
+
+class AsgiConnection(Connection):
+    """A WebSocket through uvicorn and the ASGI app: a task reads messages, another writes the
+    outbox."""
+
+    def __init__(self, hub: Hub, ws: WebSocket):
+        super().__init__(hub)
+        self.ws = ws
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.outbox_bytes = 0  # of the replies in the outbox
+
+    def write(self, item: str | bytes | tuple[int, str]) -> None:
+        if not isinstance(item, tuple):
+            self.outbox_bytes += len(item)
+        self.outbox.put_nowait(item)
+
+    async def serve(self) -> None:
+        hub = self.hub
+        self.opened()
+        sender = self.finished = asyncio.create_task(self._send())
+        try:
+            while True:
+                while (self.outbox_bytes > OUTBOX_BYTES or self.backlogged) and not sender.done():
+                    await asyncio.sleep(0.005)  # a client that does not read is not read
+                if sender.done():  # the client is gone (a send failed): end the connection
+                    break
+                if self.messages:
+                    message = await self.ws.receive()
+                else:  # a connection that never sends would hold its socket for good
+                    wait = hub.settings.first_message_timeout
+                    try:
+                        message = await asyncio.wait_for(self.ws.receive(), wait)
+                    except asyncio.TimeoutError:
+                        await self.ws.close(1008, f"no message within {wait:g} s of connecting")
+                        break
+                if message["type"] == "websocket.disconnect":
+                    break
+                self.dispatch(message.get("text"), message.get("bytes"))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.closed()
+            if not hub.draining:  # else drain() lets the sender flush and close
+                sender.cancel()
 
     async def _send(self) -> None:
-        """Replies in order; on a connection that sends array frames, whatever is ready goes out
-        as one array frame (all replies of a batch, typically)."""
+        """Replies in order, whatever is ready at once grouped by `frames`."""
         outbox, ws = self.outbox, self.ws
         with contextlib.suppress(Exception):  # the client went away: the receiving side ends the connection
             while True:
@@ -228,21 +272,33 @@ class Connection:
                 while not outbox.empty():
                     ready.append(outbox.get_nowait())
                 self.outbox_bytes -= sum(len(item) for item in ready if not isinstance(item, tuple))
-                close = next((item for item in ready if isinstance(item, tuple)), None)  # (code, reason)
-                if close:  # nothing after it goes out
-                    ready = ready[: ready.index(close)]
-                texts: list[str] = []  # JSON replies not sent yet: one array frame on an array connection
-                for item in [*ready, None]:
-                    if isinstance(item, str):
-                        texts.append(item)
-                        if not self.arrays:
-                            await ws.send_text(texts.pop())
-                        continue
-                    if texts:
-                        await ws.send_text("[" + ",".join(texts) + "]")
-                        texts = []
-                    if item is not None:  # a binary reply: a frame of its own, in order
-                        await ws.send_bytes(item)
+                sends, close = frames(ready, self.arrays)
+                for frame in sends:
+                    await (ws.send_text(frame) if isinstance(frame, str) else ws.send_bytes(frame))
                 if close:
                     await ws.close(*close)
                     return
+
+
+def frames(ready: list, arrays: bool) -> tuple[list[str | bytes], tuple[int, str] | None]:
+    """Queued replies -> the frames to send, in order, and the close (code, reason) that ends
+    them if one is queued (nothing after it goes out). On a connection that sends array frames,
+    consecutive JSON replies go out as one array frame (all replies of a batch, typically);
+    a binary reply is a frame of its own."""
+    close = next((item for item in ready if isinstance(item, tuple)), None)
+    if close:
+        ready = ready[: ready.index(close)]
+    if not arrays:
+        return ready, close
+    out: list[str | bytes] = []
+    texts: list[str] = []
+    for item in [*ready, None]:
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        if texts:
+            out.append("[" + ",".join(texts) + "]")
+            texts = []
+        if item is not None:
+            out.append(item)
+    return out, close

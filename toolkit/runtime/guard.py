@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import WebSocket
@@ -65,20 +66,27 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        refusal = self.check(scope)
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        status, error = refusal
+        if scope["type"] == "http":
+            reply = JSONResponse({"error": error}, status_code=status, headers=challenge(status))
+            return await reply(scope, receive, send)
+        await deny(WebSocket(scope, receive, send), status, error)
+
+    def check(self, scope) -> tuple[int, str] | None:
+        """(HTTP status, why) when the request is refused, else None; sets scope[AUTHENTICATED].
+        Also used by the WebSocket front end that bypasses ASGI (`toolkit.runtime.fastws`)."""
         headers = headers_of(scope)
         host = headers.get(b"host", b"").decode("latin-1")
         refusal = self._refusal(scope, headers, host)
-        if refusal is None:
-            scope[AUTHENTICATED] = self._authenticated(scope, headers)
-            if self.token is None or scope[AUTHENTICATED] or scope["path"] in OPEN_PATHS:
-                return await self.app(scope, receive, send)
-            refusal = (401, "missing or wrong token: send the header `Authorization: Bearer TOKEN`")
-        status, error = refusal
-        extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        reply = JSONResponse({"error": error}, status_code=status, headers=extra)
-        if scope["type"] == "http":
-            return await reply(scope, receive, send)
-        await deny(WebSocket(scope, receive, send), 403 if status == 400 else status, error)
+        if refusal is not None:  # a WebSocket handshake is refused with 403 where HTTP gets 400
+            return (403 if refusal[0] == 400 and scope["type"] == "websocket" else refusal[0]), refusal[1]
+        scope[AUTHENTICATED] = self._authenticated(scope, headers)
+        if self.token is None or scope[AUTHENTICATED] or scope["path"] in OPEN_PATHS:
+            return None
+        return 401, "missing or wrong token: send the header `Authorization: Bearer TOKEN`"
 
     def _refusal(self, scope, headers: dict, host: str) -> tuple[int, str] | None:
         if "*" not in self.hosts and hostname(host) not in self.hosts:
@@ -108,22 +116,35 @@ class Guard:
         return hmac.compare_digest(given, self.token)
 
 
+def challenge(status: int) -> dict | None:
+    """The header a 401 carries (RFC 6750)."""
+    return {"WWW-Authenticate": "Bearer"} if status == 401 else None
+
+
 async def deny(ws: WebSocket, status: int, reason: str) -> None:
     """Refuse a WebSocket handshake with an HTTP status where the server supports it (uvicorn
     does), else accept-less close code 1008 (policy) / 1013 (try again later)."""
     if "websocket.http.response" in ws.scope.get("extensions", {}):
-        await ws.send_denial_response(JSONResponse({"error": reason}, status_code=status))
+        await ws.send_denial_response(JSONResponse({"error": reason}, status_code=status, headers=challenge(status)))
     else:
         await ws.close(1013 if status in (429, 503) else 1008, reason)
 
 
-def with_request_deadline(seconds: float) -> type[HttpToolsProtocol]:
+def with_request_deadline(
+    seconds: float, take_upgrade: Callable[[HttpToolsProtocol], bool] | None = None
+) -> type[HttpToolsProtocol]:
     """uvicorn's HTTP protocol, with `seconds` for a client to send a request's headers from the
     moment it connects or starts a request; uvicorn itself waits forever, so connections that
-    trickle bytes (or send none) would hold a file descriptor each until the process ends."""
+    trickle bytes (or send none) would hold a file descriptor each until the process ends.
+    `take_upgrade(protocol)` may take a WebSocket upgrade request over (True) rather than let
+    uvicorn's WebSocket protocol and the ASGI app handle it (`toolkit.runtime.fastws`)."""
 
     class RequestDeadline(HttpToolsProtocol):
         _deadline = None
+
+        def handle_websocket_upgrade(self) -> None:
+            if take_upgrade is None or not take_upgrade(self):
+                super().handle_websocket_upgrade()
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)

@@ -43,7 +43,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from toolkit.core.search import SETTINGS, Search
 from toolkit.core.versions import installed
-from toolkit.runtime.connection import Connection
+from toolkit.runtime import WS_PROTOCOLS
+from toolkit.runtime.connection import AsgiConnection, Connection
 from toolkit.runtime.engine import Engine, InputError
 from toolkit.runtime.guard import AUTHENTICATED, Guard, deny, with_request_deadline
 from toolkit.runtime.infer import result
@@ -71,6 +72,7 @@ class Settings:
     request_timeout: float = 10.0  # to send a request's headers (a WebSocket handshake included)
     first_message_timeout: float = 60.0  # for a new WebSocket to send its first message
     max_connections: int | None = None  # beyond it, 503 (WebSockets here; HTTP: uvicorn's limit_concurrency)
+    ws_protocol: str = WS_PROTOCOLS[0]  # of /v1/streams (toolkit.runtime.WS_PROTOCOLS)
 
 
 class Hub:
@@ -145,9 +147,9 @@ class Hub:
         connections = list(self.connections)
         for connection in connections:
             connection.shutdown("server shutting down")
-        senders = [c.sender for c in connections if c.sender is not None]
-        if senders:
-            await asyncio.wait(senders, timeout=timeout)
+        finishing = [c.finished for c in connections if c.finished is not None]
+        if finishing:
+            await asyncio.wait(finishing, timeout=timeout)
 
     async def _evict_idle(self) -> None:
         timeout = self.settings.idle_timeout
@@ -158,6 +160,21 @@ class Hub:
                 for stream in list(connection.streams.values()):
                     if stream.last_active < deadline and not self.scheduler.busy(stream):
                         connection.evict(stream, f"idle for more than {timeout:g} s")
+
+    def refusal(self) -> tuple[int, str] | None:
+        """Why a new WebSocket cannot be taken now (HTTP status, reason; counted), else None."""
+        s, refusal = self.settings, None
+        if self.draining:
+            refusal = (503, "the server is shutting down")
+        elif self.scheduler is None:
+            refusal = (409, f"this model cannot stream: {self.engine.why_not_streaming}")
+        elif s.max_connections and len(self.connections) >= s.max_connections:
+            refusal = (503, f"the server holds its limit of {s.max_connections} connections; retry later")
+        elif self.scheduler.open_streams >= s.max_streams:
+            refusal = (429, f"the server holds its limit of {s.max_streams} streams; retry later")
+        if refusal:
+            self.telemetry.errors.labels(str(refusal[0])).inc()
+        return refusal
 
     def health(self) -> dict:
         return {
@@ -215,21 +232,12 @@ def create_app(engine: Engine, settings: Settings, source: str) -> FastAPI:
 
     @app.websocket("/v1/streams")
     async def streams(ws: WebSocket):
-        refusal = None
-        if hub.draining:
-            refusal = (503, "the server is shutting down")
-        elif hub.scheduler is None:
-            refusal = (409, f"this model cannot stream: {engine.why_not_streaming}")
-        elif settings.max_connections and len(hub.connections) >= settings.max_connections:
-            refusal = (503, f"the server holds its limit of {settings.max_connections} connections; retry later")
-        elif hub.scheduler.open_streams >= settings.max_streams:
-            refusal = (429, f"the server holds its limit of {settings.max_streams} streams; retry later")
+        refusal = hub.refusal()
         if refusal:
-            hub.telemetry.errors.labels(str(refusal[0])).inc()
             await deny(ws, *refusal)
             return
         await ws.accept()
-        await Connection(hub, ws).serve()
+        await AsgiConnection(hub, ws).serve()
 
     @app.post(
         "/v1/infer",
@@ -361,31 +369,30 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(
-    app: FastAPI,
-    host: str,
-    port: int,
-    max_message_bytes: int,
-    log_level: str = "info",
-    access_log=False,
-    ws: str = "websockets-sansio",
-):
+def serve(app: FastAPI, host: str, port: int, max_message_bytes: int, log_level: str = "info", access_log=False):
+    hub = app.state.hub
+    settings = hub.settings
+    take_upgrade = None
+    if settings.ws_protocol == "picows":  # /v1/streams bypasses ASGI; uvicorn's protocol keeps the other paths
+        from toolkit.runtime.fastws import upgrade_taker
+
+        guard = Guard(None, hosts=settings.allow_hosts, origins=settings.allow_origins, token=settings.token)
+        take_upgrade = upgrade_taker(hub, guard)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        ws=ws,
+        ws="websockets-sansio" if take_upgrade else settings.ws_protocol,
         ws_max_size=max_message_bytes,
         ws_per_message_deflate=False,  # compressing small JSON frames costs more CPU than it saves on a LAN
         log_level=log_level,
         access_log=access_log,
-        timeout_graceful_shutdown=int(app.state.hub.settings.drain_timeout),
-        http=with_request_deadline(app.state.hub.settings.request_timeout),
-        limit_concurrency=app.state.hub.settings.max_connections,
+        timeout_graceful_shutdown=int(settings.drain_timeout),
+        http=with_request_deadline(settings.request_timeout, take_upgrade),
+        limit_concurrency=settings.max_connections,
     )
     # uvicorn drains on SIGTERM, restores the handler it found and raises the signal again; with
     # this one in place, a drained server exits with status 0 rather than "killed by SIGTERM".
-    hub = app.state.hub
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(FATAL_EXIT if hub.failed else 0))
     Server(config, hub).run()
     if hub.failed:
