@@ -8,8 +8,9 @@ send the next, in four ways (MODES): a connection per stream with one step per m
 streams per connection in array frames, a connection per stream with 4 steps per message, and a
 connection per stream with one step per binary message (toolkit.runtime.binary).
 Latency is from sending a chunk to receiving its outputs. Model (serve issue): LSTM 2x256 on 64
-features. The client (websockets, asyncio) runs in this process, on the same cores as the server,
-as a real deployment's clients would not: the figures are a floor.
+features. The client (picows, or websockets with --client; asyncio) runs in this process, on the
+same cores as the server unless --pin, as a real deployment's clients would not: the figures are
+a floor. Server and client CPU per message are read over the measured window.
 """
 
 from __future__ import annotations
@@ -173,10 +174,10 @@ async def load(
 
     cpu: list[float] = []
 
-    async def server_cpu():  # the server's CPU seconds over the measured window
+    async def server_cpu():  # the server's and this client's CPU seconds over the measured window
         for at in (measure_from, stop_at):
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            cpu.append(cpu_seconds(server_pid))
+            cpu.append((cpu_seconds(server_pid), time.process_time()))
 
     sampler = asyncio.ensure_future(server_cpu()) if server_pid else None
     await asyncio.gather(*(run_client(i) for i in range(streams // per_connection)))
@@ -189,7 +190,8 @@ async def load(
     }
     if sampler is not None:
         await sampler
-        figures["server CPU us/message"] = (cpu[1] - cpu[0]) / len(lat) * 1e6  # a message carries one chunk
+        figures["server CPU us/message"] = (cpu[1][0] - cpu[0][0]) / len(lat) * 1e6  # a message carries one chunk
+        figures["client CPU us/message"] = (cpu[1][1] - cpu[0][1]) / len(lat) * 1e6
     return figures
 
 
