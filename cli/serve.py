@@ -103,4 +103,4 @@ def serve(
         "streams and full sequences" if engine.step is not None else "whole sequences only: " + engine.why_not_streaming
     )
     click.echo(f"serving {bundle} on {engine.provider}: {mode}; http://{host}:{port}", err=True)
-    serve(app, host, port, settings.max_message_bytes, access_log=access_log)
+    serve(app, host, port, access_log=access_log)

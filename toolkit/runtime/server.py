@@ -19,8 +19,9 @@ connection's messages from 1. A refusal never touches the state of any stream. N
 "reason", "steps"} before close code 1001.
 
 This module holds the server-wide parts (settings, the Hub with the model and the batcher, the
-HTTP routes, uvicorn); one WebSocket's protocol is `toolkit.runtime.connection`, Host/Origin/
-token checks and timeouts `toolkit.runtime.guard`. ONNX Runtime, NumPy, Starlette/FastAPI and
+HTTP routes, uvicorn); one WebSocket's protocol is `toolkit.runtime.connection`, served on
+picows by `toolkit.runtime.fastws` (the default) or through the ASGI app; Host/Origin/token
+checks and timeouts are `toolkit.runtime.guard`. ONNX Runtime, NumPy, Starlette/FastAPI and
 uvicorn only: no torch, no mlflow.
 """
 
@@ -369,7 +370,7 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(app: FastAPI, host: str, port: int, max_message_bytes: int, log_level: str = "info", access_log=False):
+def serve(app: FastAPI, host: str, port: int, log_level: str = "info", access_log=False):
     hub = app.state.hub
     settings = hub.settings
     take_upgrade = None
@@ -383,7 +384,7 @@ def serve(app: FastAPI, host: str, port: int, max_message_bytes: int, log_level:
         host=host,
         port=port,
         ws="websockets-sansio" if take_upgrade else settings.ws_protocol,
-        ws_max_size=max_message_bytes,
+        ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=False,  # compressing small JSON frames costs more CPU than it saves on a LAN
         log_level=log_level,
         access_log=access_log,
