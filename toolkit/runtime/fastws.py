@@ -128,7 +128,7 @@ class PicowsConnection(Connection):
             self.resume("backlog")
 
     def write(self, item: str | bytes | tuple[int, str]) -> None:
-        if self.transport is None or self.transport.is_disconnected:
+        if not self.writable:
             return
         if not self.arrays and not self.pending and not isinstance(item, tuple):
             return self._send(item)
@@ -136,9 +136,15 @@ class PicowsConnection(Connection):
             asyncio.get_running_loop().call_soon(self.flush)
         self.pending.append(item)
 
+    @property
+    def writable(self) -> bool:
+        """Connected and no close frame sent (nothing may follow one)."""
+        t = self.transport
+        return t is not None and not t.is_disconnected and not t.is_close_frame_sent
+
     def flush(self) -> None:
         ready, self.pending = self.pending, []
-        if self.transport is None or self.transport.is_disconnected:
+        if not self.writable:
             return
         sends, close = frames(ready, self.arrays)
         for frame in sends:
@@ -185,8 +191,9 @@ class Listener(WSListener):
             self.message(kind, frame.get_payload_as_bytes())
         elif kind in DATA or kind == WSMsgType.CONTINUATION:
             self.part(kind, frame)
-        elif kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+        elif kind == WSMsgType.CLOSE:  # answered, unless it answers ours
+            if not transport.is_close_frame_sent:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
 
     def part(self, kind: WSMsgType, frame) -> None:
@@ -221,10 +228,9 @@ class Listener(WSListener):
             connection.pause("backlog")
 
     def close(self, code: int, reason: str) -> None:
-        transport = self.connection.transport
-        if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode(code), reason.encode())
-            transport.disconnect(graceful=True)
+        if self.connection.writable:
+            self.connection.transport.send_close(WSCloseCode(code), reason.encode())
+            self.connection.transport.disconnect(graceful=True)
 
     def on_ws_disconnected(self, transport) -> None:
         if self.first_message is not None:
