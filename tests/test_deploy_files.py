@@ -108,3 +108,34 @@ def test_the_entrypoint_refuses_a_missing_bundle_and_reads_the_token_file(tmp_pa
     assert (
         ran.stdout.strip() == f"rnnkit serve models:/m@champion --host 0.0.0.0 --port {PORT} --max-streams 7 token=abc"
     )
+
+
+def test_the_image_requirements_carry_every_package_the_serving_path_imports():
+    """deploy/image/requirements.txt pins the image's Python packages besides ONNX Runtime (added
+    by the Containerfile) and rnnkit (installed --no-deps; pip brings the pins' own requirements):
+    every distribution that toolkit/runtime, toolkit/core and cli import at module level must be
+    pinned there (a missing one only shows when the container starts)."""
+    import ast
+    import importlib.metadata as md
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pinned = {
+        normal(re.split(r"[=<>~\[ ]", line)[0])
+        for line in (DEPLOY / "image" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    imported = set()
+    serving = [*(ROOT / "toolkit" / "runtime").glob("*.py"), *(ROOT / "toolkit" / "core").rglob("*.py")]
+    for path in [*serving, *(ROOT / "cli").glob("*.py")]:
+        for node in ast.parse(path.read_text()).body:  # module level: what importing the module needs
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    owners = md.packages_distributions()
+    needed = {normal(d) for m in imported for d in owners.get(m, [])} - {"rnnkit", "onnxruntime", "onnxruntime-gpu"}
+    print("distributions the serving path imports:", sorted(needed))
+    assert "picows" in needed and "uvicorn" in needed  # the scan sees the server's imports
+    assert not needed - pinned, f"deploy/image/requirements.txt lacks {sorted(needed - pinned)}"
