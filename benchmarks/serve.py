@@ -50,7 +50,9 @@ def start_server(bundle: Path, *flags: str, cpus: str | None = None) -> tuple[su
     cmd = [sys.executable, "-m", "cli.main", "serve", str(bundle), "--port", str(port), "--device", "cpu", *flags]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The server's log goes to a file: a pipe nobody reads would block the server once it fills.
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the server process)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -61,7 +63,8 @@ def start_server(bundle: Path, *flags: str, cpus: str | None = None) -> tuple[su
                 break
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"rnnkit serve did not start: {proc.stderr.read()[-2000:]}")
+    log.seek(0)
+    raise RuntimeError(f"rnnkit serve did not start: {log.read()[-2000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:

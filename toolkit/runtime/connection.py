@@ -26,8 +26,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("rnnkit.serve")
 MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client must read its replies
 OUTBOX_BYTES = 8 * 2**20  # replies waiting to be sent on one connection before it stops reading
-MAX_UNANSWERED = 1024  # messages accepted on one connection and not answered yet before it stops reading
+MAX_UNANSWERED = 65_536  # steps accepted on one connection, not answered yet, before it stops reading
 EVICTED_MEMORY = 4096  # evicted stream names remembered per connection, to say so if they come back
+
+
+def cost(job: Job) -> int:
+    """What a job counts against MAX_UNANSWERED: its steps (a reset or an end: 1)."""
+    return 1 if job.chunk is None else len(job.chunk)
 
 
 class Connection:
@@ -40,7 +45,7 @@ class Connection:
         self.streams: dict[str, ServedStream] = {}
         self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
         self.messages = 0
-        self.unanswered = 0  # jobs handed to the scheduler and not answered yet
+        self.unanswered = 0  # steps (1 for a reset or end) handed to the scheduler and not answered yet
         self.arrays = False  # the client sends array frames, so replies go out as arrays
         self.finished: asyncio.Future | None = None  # done once the last reply is written (drain waits)
 
@@ -155,7 +160,7 @@ class Connection:
         if msg.kind == "end":  # a chunk after the end opens a new stream of that name
             del self.streams[name]
         job = Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown, binary=msg.binary)
-        self.unanswered += 1
+        self.unanswered += cost(job)
         hub.scheduler.submit(stream, job)
 
     @property
@@ -165,7 +170,7 @@ class Connection:
         return self.unanswered > MAX_UNANSWERED
 
     def _done(self, stream: ServedStream, job: Job) -> None:
-        self.unanswered -= 1
+        self.unanswered -= cost(job)
         self.answered()
         if job.error:
             self.refuse(stream.name, job.error, job.code)

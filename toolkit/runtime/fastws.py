@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 
 PATH = "/v1/streams"
 log = logging.getLogger("rnnkit.serve")
-# picows logs every connection at INFO on its own logger: kept to warnings and above.
+# picows logs every connection at INFO and every client's protocol error (a frame over the size
+# limit, say) at ERROR on its own logger: a hostile client would flood the log, and each is
+# already answered with its close code. Our own failures are logged by `Connection`.
 quiet = logging.getLogger("rnnkit.serve.picows")
-quiet.setLevel(logging.WARNING)
+quiet.setLevel(logging.CRITICAL)
 DATA = {WSMsgType.TEXT, WSMsgType.BINARY}
 
 
