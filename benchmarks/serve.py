@@ -177,12 +177,12 @@ async def load(
 
     cpu: list[float] = []
 
-    async def server_cpu():  # the server's and this client's CPU seconds over the measured window
+    async def cpu_window():  # the server's and this client's CPU seconds over the measured window
         for at in (measure_from, stop_at):
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             cpu.append((cpu_seconds(server_pid), time.process_time()))
 
-    sampler = asyncio.ensure_future(server_cpu()) if server_pid else None
+    sampler = asyncio.ensure_future(cpu_window()) if server_pid else None
     await asyncio.gather(*(run_client(i) for i in range(streams // per_connection)))
     lat = np.array(latencies) * 1e3
     figures = {

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from toolkit.runtime.server import Hub
 
 PATH = "/v1/streams"
-log = logging.getLogger("rnnkit.serve")
 # picows logs every connection at INFO and every client's protocol error (a frame over the size
 # limit, say) at ERROR on its own logger: a hostile client would flood the log, and each is
 # already answered with its close code. Our own failures are logged by `Connection`.
@@ -152,7 +151,11 @@ class PicowsConnection(Connection):
         for frame in sends:
             self._send(frame)
         if close:
-            code, reason = close
+            self.close(*close)
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame (unless one went out) and drop the socket once its replies are written."""
+        if self.writable:
             self.transport.send_close(WSCloseCode(code), reason.encode())
             self.transport.disconnect(graceful=True)
 
@@ -184,7 +187,7 @@ class Listener(WSListener):
         transport.underlying_transport.set_write_buffer_limits(high=OUTBOX_BYTES)
         wait = connection.hub.settings.first_message_timeout
         self.first_message = asyncio.get_running_loop().call_later(
-            wait, self.close, 1008, f"no message within {wait:g} s of connecting"
+            wait, connection.close, 1008, f"no message within {wait:g} s of connecting"
         )
 
     def on_ws_frame(self, transport, frame) -> None:
@@ -200,13 +203,13 @@ class Listener(WSListener):
 
     def part(self, kind: WSMsgType, frame) -> None:
         if (kind == WSMsgType.CONTINUATION) != bool(self.parts):
-            return self.close(1002, "a continuation frame must follow an unfinished message, and only then")
+            return self.connection.close(1002, "a continuation frame must follow an unfinished message, and only then")
         if kind != WSMsgType.CONTINUATION:
             self.kind = kind
         self.size += frame.payload_size
         limit = self.connection.hub.settings.max_message_bytes
         if self.size > limit:
-            return self.close(1009, f"message over the limit of {limit} bytes")
+            return self.connection.close(1009, f"message over the limit of {limit} bytes")
         self.parts.append(frame.get_payload_as_bytes())
         if frame.fin:
             data = b"".join(self.parts)
@@ -224,15 +227,10 @@ class Listener(WSListener):
             try:
                 text = data.decode()
             except UnicodeDecodeError:
-                return self.close(1007, "a text message must be UTF-8")
+                return self.connection.close(1007, "a text message must be UTF-8")
             connection.dispatch(text)
         if connection.backlogged:
             connection.pause("backlog")
-
-    def close(self, code: int, reason: str) -> None:
-        if self.connection.writable:
-            self.connection.transport.send_close(WSCloseCode(code), reason.encode())
-            self.connection.transport.disconnect(graceful=True)
 
     def on_ws_disconnected(self, transport) -> None:
         if self.first_message is not None:
