@@ -239,6 +239,31 @@ def test_bf16_gru_and_rnn_run_on_openvino_with_certificate(tmp_path, task, cell)
 
 
 @pytest.mark.skipif(not bf16_works(), reason=NO_BF16)
+def test_wrong_bf16_graph_is_refused(tmp_path):
+    """A GRU's reset and candidate blocks swapped (a layout bug): the bf16 certificate on OpenVINO,
+    whose floor is one bfloat16 ulp of the output's scale, refuses it far from the line, and the
+    intact graphs pass on the same seed."""
+    model, blobs, input_dict, per_step = graphs(trained_run(tmp_path, "tag", "gru"))
+
+    def swapped(blob):
+        graph = onnx.load_model_from_string(blob)
+        w = initializer(graph, "layer0.W")
+        z, r, h = np.split(w, 3, axis=1)
+        set_initializer(graph, "layer0.W", np.concatenate([z, h, r], axis=1))
+        return graph.SerializeToString()
+
+    seed = parity.fresh_seed(None)
+    kw = {"rule": precision.BF16, "providers": [OPENVINO]}
+    intact = certify(model, {"model.onnx": blobs["model.onnx"]}, input_dict, per_step, seed, **kw)
+    broken = certify(model, {"model.onnx": swapped(blobs["model.onnx"])}, input_dict, per_step, seed, **kw)
+    margins = intact.summary()["worst_margin"], broken.summary()["worst_margin"]
+    failed = f"{len(broken.failures)}/{len(broken.cases)} failed"
+    print(f"seed {seed}: worst margin intact {margins[0]:.3f}, broken {margins[1]:.1f} ({failed})")
+    assert intact.passed, intact.reasons
+    assert not broken.passed and margins[1] > 10 * margins[0]
+
+
+@pytest.mark.skipif(not bf16_works(), reason=NO_BF16)
 def test_bf16_bundle_runs_fp32_on_onnxruntime_where_openvino_cannot(tmp_path, monkeypatch):
     run = trained_run(tmp_path, "tag", "gru")
     export(run, tmp_path / "bundle", precision="bf16")

@@ -25,7 +25,7 @@ factor is 8, not 2, because ONNX Runtime's CPU kernels are a less exact float32 
 models its error reached 6.1 times torch's float32 error on the same case (README). Each
 case records scale, noise, budget and `margin` = error / budget (pass: margin <= 1), so a
 reader sees how close it came. Reduced-precision bundles use the same rule with their own,
-larger constants.
+larger constants (a bf16 bundle's step.onnx runs at fp32 on ONNX Runtime and is held to fp32's).
 
 Errors: `max_abs` = max |onnx - reference|; `max_rel` = max_abs / max |reference|.
 """
@@ -453,9 +453,11 @@ def all_cases(
     rule: Rule = FP32,
     sample=None,
     frame_stack: int = 1,
+    streams: tuple[Reference, Rule] | None = None,
 ) -> list[Case]:
     """The certificate's cases on one provider: model.onnx on the grid (and a sample), padding,
-    and step.onnx on streams when the bundle has one (fed whole frames of `frame_stack` steps)."""
+    and step.onnx on streams when the bundle has one (fed whole frames of `frame_stack` steps),
+    against `streams` = (reference, rule) where those differ from the full graph's."""
     full = session(blobs["model.onnx"], provider)
     run = lambda x, lens: run_full(full, x, lens)  # noqa: E731
     cases = full_cases(run, reference, make_inputs, per_step, provider, rule, sample)
@@ -464,10 +466,11 @@ def all_cases(
         cases.append(constant_case(run, reference, make_inputs, per_step, provider, rule))
     if "step.onnx" in blobs:
         # bf16 bundles stream on ONNX Runtime at fp32 (toolkit.runtime.engine): certified where they run
-        streams = "CPUExecutionProvider" if provider == OPENVINO else provider
-        step = session(blobs["step.onnx"], streams)
+        where = "CPUExecutionProvider" if provider == OPENVINO else provider
+        step = session(blobs["step.onnx"], where)
         stepped = lambda c, s: run_step(step, c, s)  # noqa: E731
-        cases += stream_cases(stepped, reference, make_inputs, per_step, streams, rng, rule, frame_stack)
+        stream_reference, stream_rule = streams or (reference, rule)
+        cases += stream_cases(stepped, stream_reference, make_inputs, per_step, where, rng, stream_rule, frame_stack)
     return cases
 
 
