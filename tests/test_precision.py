@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from tests.helpers import cuda_works, rnnkit, trained_run, write_jsonl
-from tests.test_parity_detection import graphs, initializer, set_initializer
+from tests.test_parity_detection import Break, broken, graphs, initializer, set_initializer
 from toolkit.core.bundle import read_manifest
 from toolkit.export import parity, precision
 from toolkit.export.exporter import certify, export
@@ -82,32 +82,42 @@ def test_metric_check_direction_and_defaults():
     assert not nan.passed
 
 
+def blocks_swapped(gates: int, a: int, b: int, layers: int = 1) -> Break:
+    """An edit for `broken`: gate blocks a and b of each layer's input weights W swapped (a layout bug)."""
+
+    def edit(graph, _name):
+        for i in range(layers):
+            blocks = np.split(initializer(graph, f"layer{i}.W"), gates, axis=1)
+            blocks[a], blocks[b] = blocks[b], blocks[a]
+            set_initializer(graph, f"layer{i}.W", np.concatenate(blocks, axis=1))
+
+    return edit
+
+
+def certify_intact_and_broken(model, intact_blobs, broken_blobs, input_dict, per_step, **kw):
+    """Both sets of graphs certified on one fresh seed; prints the worst margins and returns
+    (intact report, broken report, (intact margin, broken margin))."""
+    seed = parity.fresh_seed(None)
+    intact = certify(model, intact_blobs, input_dict, per_step, seed, **kw)
+    refused = certify(model, broken_blobs, input_dict, per_step, seed, **kw)
+    margins = intact.summary()["worst_margin"], refused.summary()["worst_margin"]
+    failed = f"{len(refused.failures)}/{len(refused.cases)} failed"
+    print(f"seed {seed}: worst margin intact {margins[0]:.3f}, broken {margins[1]:.1f} ({failed})")
+    return intact, refused, margins
+
+
 def test_wrong_int8_graph_is_refused(tmp_path):
     """Gates swapped in the fp32 graphs before quantization (a layout bug): the int8 certificate
     refuses them, and the intact int8 graphs pass on the same seed."""
     model, blobs, input_dict, per_step = graphs(trained_run(tmp_path, "tag", "lstm"))
-
-    def swapped(blob):
-        graph = onnx.load_model_from_string(blob)
-        for i in range(2):
-            w = initializer(graph, f"layer{i}.W")
-            blocks = np.split(w, 4, axis=1)
-            blocks[1], blocks[2] = blocks[2], blocks[1]
-            set_initializer(graph, f"layer{i}.W", np.concatenate(blocks, axis=1))
-        return graph.SerializeToString()
-
-    seed = parity.fresh_seed(None)
     good = {n: precision.convert(b, "int8") for n, b in blobs.items()}
-    bad = {n: precision.convert(swapped(b), "int8") for n, b in blobs.items()}
-    intact = certify(model, good, input_dict, per_step, seed, rule=precision.INT8, providers=["CPUExecutionProvider"])
-    broken = certify(model, bad, input_dict, per_step, seed, rule=precision.INT8, providers=["CPUExecutionProvider"])
-    margins = intact.summary()["worst_margin"], broken.summary()["worst_margin"]
-    failed = f"{len(broken.failures)}/{len(broken.cases)} failed"
-    print(f"seed {seed}: worst margin intact {margins[0]:.3f}, broken {margins[1]:.1f} ({failed})")
+    bad = {n: precision.convert(b, "int8") for n, b in broken(blobs, blocks_swapped(4, 1, 2, layers=2)).items()}
+    kw = {"rule": precision.INT8, "providers": ["CPUExecutionProvider"]}
+    intact, refused, margins = certify_intact_and_broken(model, good, bad, input_dict, per_step, **kw)
     assert intact.passed, intact.reasons
     # 7-bit weights make a tiny one-epoch model's int8 noise large enough to hide the swap in some
     # cases; the refusal must still be far from a borderline call.
-    assert not broken.passed and margins[1] > 10 * margins[0]
+    assert not refused.passed and margins[1] > 10 * margins[0]
 
 
 @pytest.mark.parametrize(
@@ -244,23 +254,12 @@ def test_wrong_bf16_graph_is_refused(tmp_path):
     whose floor is one bfloat16 ulp of the output's scale, refuses it far from the line, and the
     intact graphs pass on the same seed."""
     model, blobs, input_dict, per_step = graphs(trained_run(tmp_path, "tag", "gru"))
-
-    def swapped(blob):
-        graph = onnx.load_model_from_string(blob)
-        w = initializer(graph, "layer0.W")
-        z, r, h = np.split(w, 3, axis=1)
-        set_initializer(graph, "layer0.W", np.concatenate([z, h, r], axis=1))
-        return graph.SerializeToString()
-
-    seed = parity.fresh_seed(None)
+    full = {"model.onnx": blobs["model.onnx"]}
     kw = {"rule": precision.BF16, "providers": [OPENVINO]}
-    intact = certify(model, {"model.onnx": blobs["model.onnx"]}, input_dict, per_step, seed, **kw)
-    broken = certify(model, {"model.onnx": swapped(blobs["model.onnx"])}, input_dict, per_step, seed, **kw)
-    margins = intact.summary()["worst_margin"], broken.summary()["worst_margin"]
-    failed = f"{len(broken.failures)}/{len(broken.cases)} failed"
-    print(f"seed {seed}: worst margin intact {margins[0]:.3f}, broken {margins[1]:.1f} ({failed})")
+    swapped = broken(full, blocks_swapped(3, 1, 2))
+    intact, refused, margins = certify_intact_and_broken(model, full, swapped, input_dict, per_step, **kw)
     assert intact.passed, intact.reasons
-    assert not broken.passed and margins[1] > 10 * margins[0]
+    assert not refused.passed and margins[1] > 10 * margins[0]
 
 
 @pytest.mark.skipif(not bf16_works(), reason=NO_BF16)
