@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint image-test triton-test spark-test ddp-test venv clean
+.PHONY: demo test lint image-test triton-test spark-test ddp-test cpu-test venv clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,14 @@ spark-test: $(STAMP)
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 	$(PY) -m pip install -q "pyspark==4.3.0"
 	$(PY) -m pytest -q -m spark tests/test_spark.py
+
+# The tests whose expectations depend on the CPU's features (marker cpu_features: bf16, VNNI,
+# AVX-512) again under an emulated AVX2-only CPU (qemu-user; about 5 minutes). The features
+# TCG cannot emulate are turned off so that it starts without warnings.
+HASWELL := Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-rtm,-invpcid
+cpu-test: $(STAMP)
+	command -v qemu-x86_64 >/dev/null || (apt-get update -qq && apt-get install -y -qq qemu-user)
+	RNNKIT_EMULATED_CPU=$(HASWELL) qemu-x86_64 -cpu $(HASWELL) $(PY) -m pytest -q -p no:cacheprovider -m cpu_features
 
 # Data-parallel training in real torchrun process groups (2 processes each; about 2 minutes).
 ddp-test: $(STAMP)

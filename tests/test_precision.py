@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import cuda_works, rnnkit, trained_run, write_jsonl
+from tests.helpers import cuda_works, in_process, rnnkit, trained_run, write_jsonl
 from tests.test_parity_detection import Break, broken, graphs, initializer, set_initializer
 from toolkit.core.bundle import read_manifest
 from toolkit.export import parity, precision
@@ -26,7 +26,13 @@ NO_BF16 = "OpenVINO is not installed or this CPU has no bfloat16 arithmetic"
 
 @pytest.mark.parametrize(
     "task, bidirectional",
-    [("classify", True), ("tag", False), ("lm", False), ("regress", False), ("regress-step", True)],
+    [
+        pytest.param("classify", True, marks=pytest.mark.cpu_features),
+        pytest.param("tag", False, marks=pytest.mark.cpu_features),
+        ("lm", False),
+        ("regress", False),
+        ("regress-step", True),
+    ],
 )
 def test_int8_lstm_exports_with_certificate_and_metric(tmp_path, task, bidirectional):
     run = trained_run(tmp_path, task, "lstm", bidirectional=bidirectional)
@@ -106,6 +112,7 @@ def certify_intact_and_broken(model, intact_blobs, broken_blobs, input_dict, per
     return intact, refused, margins
 
 
+@pytest.mark.cpu_features
 def test_wrong_int8_graph_is_refused(tmp_path):
     """Gates swapped in the fp32 graphs before quantization (a layout bug): the int8 certificate
     refuses them, and the intact int8 graphs pass on the same seed."""
@@ -269,6 +276,20 @@ def test_bf16_bundle_runs_fp32_on_onnxruntime_where_openvino_cannot(tmp_path, mo
     monkeypatch.setattr("toolkit.runtime.engine.bf16_works", lambda: False)
     engine = Engine(tmp_path / "bundle", device="cpu")
     assert engine.provider == "CPUExecutionProvider" and engine.precision == "bf16"
+
+
+@pytest.mark.cpu_features
+def test_bf16_where_the_cpu_has_no_bfloat16_is_refused_saying_so(tmp_path):
+    """A CPU whose OpenVINO reports no BF16 (AVX2, or AVX-512 before BF16; `make cpu-test` runs
+    this under an emulated AVX2-only CPU): a GRU's bf16 export exits 2 naming the CPU and fp32.
+    Where the CPU computes in bfloat16, the certificate tests below run instead."""
+    if bf16_works():
+        pytest.skip("this CPU computes in bfloat16: the bf16 certificate tests cover it")
+    run = trained_run(tmp_path, "classify", "gru")
+    out = in_process(["export", str(run), "--out", str(tmp_path / "b"), "--precision", "bf16"])
+    print(out.stderr.strip()[-400:])
+    assert out.returncode == 2 and not (tmp_path / "b").exists(), out.stderr
+    assert "OpenVINO reports no BF16" in out.stderr or "pip install 'rnnkit[openvino]'" in out.stderr
 
 
 def test_bf16_refuses_bidirectional_models(tmp_path):

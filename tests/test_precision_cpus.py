@@ -5,6 +5,7 @@ qemu-user; `.ci/run` installs it) against this machine's own kernels."""
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from tests.helpers import trained_run
 from toolkit.export.exporter import export
 
 QEMU = shutil.which("qemu-x86_64")
+EMULATED = os.environ.get("RNNKIT_EMULATED_CPU")  # `make cpu-test`: this suite runs under qemu
 
 # Runs the bundle's model.onnx on ONNX Runtime alone (no torch: quick to start under emulation).
 RUN = """
@@ -66,3 +68,13 @@ def test_int8_bundle_gives_the_same_bits_on_a_cpu_without_vnni(int8_bundle, tmp_
     difference = float(np.abs(outputs["native"] - outputs["haswell"]).max())
     print(f"int8 outputs, this CPU vs an AVX2-only CPU: largest difference {difference:.3g}")
     assert difference == 0.0
+
+
+@pytest.mark.cpu_features
+@pytest.mark.skipif(not EMULATED, reason="`make cpu-test` only: the CPU it emulates")
+def test_the_emulated_cpu_has_avx2_and_no_avx512():
+    """The run that claims an AVX2-only CPU really has one (numpy reads the CPUID qemu emulates)."""
+    from numpy._core._multiarray_umath import __cpu_features__ as cpu
+
+    print(f"{EMULATED}: AVX2 {cpu['AVX2']}, AVX512F {cpu['AVX512F']}, AVX512_BF16 {cpu['AVX512BF16']}")
+    assert cpu["AVX2"] and not cpu["AVX512F"] and not cpu["AVX512BF16"]

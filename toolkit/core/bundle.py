@@ -71,6 +71,39 @@ def read_manifest(bundle: str | Path) -> dict:
     return manifest
 
 
+def check_certificate(bundle: Path, manifest: dict) -> None:
+    """parity.json must be there and say what the manifest's parity summary says."""
+    path = bundle / PARITY
+    try:
+        report = parse(read_regular(path, MAX_MANIFEST_BYTES, "the bundle's parity certificate"))
+    except JSONTextError as e:
+        raise BundleError(f"{path}: not JSON ({e})") from None
+    summary = report.get("summary") if isinstance(report, dict) else None
+    if not isinstance(summary, dict) or not isinstance(report.get("cases"), list):
+        raise BundleError(
+            f'{path}: not a parity certificate (expected {{"summary": ..., "rule": ..., "cases": [...]}})'
+        )
+    stated = manifest["parity"]
+    if summary.get("passed") is not stated["passed"] or summary.get("cases") != stated["cases"]:
+        raise BundleError(
+            f"{path}: says passed={summary.get('passed')!r} over {summary.get('cases')!r} cases, the manifest "
+            f"passed={stated['passed']!r} over {stated['cases']} cases; one of them was changed after export"
+        )
+
+
+def check_certified(bundle: Path, manifest: dict, instead: str) -> None:
+    """The one rule for running a bundle: its parity check passed, and its certificate is there
+    and agrees with the manifest. `instead`: what the user may do otherwise."""
+    if not manifest["parity"]["passed"]:
+        raise BundleError(
+            f"{bundle}: this bundle failed its parity check (worst: {manifest['parity']['worst_case']}); {instead}"
+        )
+    try:
+        check_certificate(bundle, manifest)
+    except BundleError as e:
+        raise BundleError(f"{e}; {instead}") from None
+
+
 def read_regular(path: Path, limit: int, missing: str) -> bytes:
     """The bytes of `path`, which must be a regular file (not a symlink, device, pipe or
     directory) of at most `limit` bytes; anything else is a BundleError naming it."""

@@ -142,14 +142,16 @@ def check(
         raise PrecisionError(LSTM_BF16)
     if precision == "bf16" and bidirectional:
         raise PrecisionError(BIDIRECTIONAL_BF16)
+    if precision in SEQUENCE_REFUSED and normalize == "sequence":
+        raise PrecisionError(SEQUENCE_REFUSED[precision])
+    # What the model cannot have is said before what this machine lacks, so the answer for a
+    # model is the same on every CPU.
     if precision == "bf16" and not bf16_works():
         try:
             import openvino  # noqa: F401
         except ImportError:
             raise PrecisionError(NO_BF16.format(why="pip install 'rnnkit[openvino]'")) from None
         raise PrecisionError(NO_BF16.format(why="this CPU does not (OpenVINO reports no BF16); use fp32")) from None
-    if precision in SEQUENCE_REFUSED and normalize == "sequence":
-        raise PrecisionError(SEQUENCE_REFUSED[precision])
     if precision == "fp16" and not cuda:
         raise PrecisionError(NO_CUDA)
     return RULES[precision]

@@ -18,15 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolkit.core.bundle import (
-    MAX_MANIFEST_BYTES,
-    PARITY,
-    BundleError,
-    read_graph,
-    read_manifest,
-    read_regular,
-)
-from toolkit.core.jsontext import JSONTextError, parse
+from toolkit.core.bundle import BundleError, check_certificate, read_graph, read_manifest
 from toolkit.core.streaming import frame_stack, of_manifest
 from toolkit.export import parity, seq2seq_parity
 from toolkit.runtime.engine import Engine
@@ -75,26 +67,6 @@ def verify(bundle: str | Path, checkpoint: str | Path | None = None, seed: int |
     per_step, frames = manifest["output"]["per_step"], frame_stack(manifest)
     cases = parity.all_cases(blobs, reference, make_inputs, per_step, provider, rng, frame_stack=frames)
     return parity.Report(seed=seed, rule=parity.FP32, cases=cases)
-
-
-def check_certificate(bundle: Path, manifest: dict) -> None:
-    """parity.json must be there and say what the manifest's parity summary says."""
-    path = bundle / PARITY
-    try:
-        report = parse(read_regular(path, MAX_MANIFEST_BYTES, "the bundle's parity certificate"))
-    except JSONTextError as e:
-        raise BundleError(f"{path}: not JSON ({e})") from None
-    summary = report.get("summary") if isinstance(report, dict) else None
-    if not isinstance(summary, dict) or not isinstance(report.get("cases"), list):
-        raise BundleError(
-            f'{path}: not a parity certificate (expected {{"summary": ..., "rule": ..., "cases": [...]}})'
-        )
-    stated = manifest["parity"]
-    if summary.get("passed") is not stated["passed"] or summary.get("cases") != stated["cases"]:
-        raise BundleError(
-            f"{path}: says passed={summary.get('passed')!r} over {summary.get('cases')!r} cases, the manifest "
-            f"passed={stated['passed']!r} over {stated['cases']} cases; one of them was changed after export"
-        )
 
 
 def check_graphs(bundle: str | Path, manifest: dict) -> dict[str, bytes]:

@@ -36,14 +36,13 @@ import struct
 
 import numpy as np
 
-from toolkit.runtime.messages import Message, MessageError
+from toolkit.runtime.messages import MAX_NAME, Message, MessageError
 
 VERSION = 1
 HEADER = struct.Struct("<BBHI")
 REPLY = struct.Struct("<BBHIIIII")
 KINDS = ("chunk", "reset", "end")
 REPLY_KINDS = {"chunk": 0, "end": 0, "reset": 1}
-MAX_NAME = 256
 
 
 def parse(data: bytes, input_spec: dict, max_chunk: int) -> Message:

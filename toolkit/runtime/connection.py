@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 import orjson
@@ -28,6 +28,11 @@ MAX_PENDING = 64  # chunks one stream may have waiting: beyond it the client mus
 OUTBOX_BYTES = 8 * 2**20  # replies waiting to be sent on one connection before it stops reading
 MAX_UNANSWERED = 65_536  # steps accepted on one connection, not answered yet, before it stops reading
 EVICTED_MEMORY = 4096  # evicted stream names remembered per connection, to say so if they come back
+# Transports (toolkit.runtime.fastws, toolkit.runtime.sansio): after the server's close frame, how
+# long the client has to answer with its own before the socket is dropped; and what each frame
+# of a message split over several counts against --max-message-bytes besides its payload.
+CLOSE_TIMEOUT = 5.0
+FRAME_COST = 64
 
 
 def cost(job: Job) -> int:
@@ -43,6 +48,11 @@ class Connection:
     def __init__(self, hub: Hub):
         self.hub = hub
         self.streams: dict[str, ServedStream] = {}
+        # Replies owed per stream name, in its messages' order: a Job not answered yet, or a reply
+        # ready to go (a refusal, a notice) that waits for the replies before it. Keyed by name so
+        # that a stream reopened after its end answers after that end.
+        self.owed: dict[str, deque] = {}
+        self.ready: dict[Job, dict | bytes] = {}  # replies of answered jobs still behind others
         self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
         self.messages = 0
         self.unanswered = 0  # steps (1 for a reset or end) handed to the scheduler and not answered yet
@@ -77,6 +87,8 @@ class Connection:
         for stream in self.streams.values():
             hub.scheduler.close(stream)
         self.streams.clear()
+        self.owed.clear()
+        self.ready.clear()
 
     def answered(self) -> None:
         """A job was answered (a transport that stopped reading for the backlog may read again)."""
@@ -143,10 +155,17 @@ class Connection:
                     )
                 steps = self.evicted.pop(name)  # reset or end of an evicted stream: acknowledged
                 if msg.binary:
-                    return self.send(binary.reply(msg.kind, name, steps, hub.engine.no_outputs(1)[0], 0, 0))
-                return self.send(control_reply(name, msg.kind, steps))
+                    return self.reply(name, binary.reply(msg.kind, name, steps, hub.engine.no_outputs(1)[0], 0, 0))
+                return self.reply(name, control_reply(name, msg.kind, steps))
             if msg.kind != "chunk":
                 return self.refuse(name, unknown_stream(name, msg.kind, " on this connection"), 404)
+            if len(self.streams) >= hub.settings.max_streams_per_connection:
+                return self.refuse(
+                    name,
+                    f"this connection holds its limit of {hub.settings.max_streams_per_connection} streams "
+                    "(--max-streams-per-connection); end one of them first",
+                    429,
+                )
             try:
                 stream = self.streams[name] = hub.scheduler.open(name)
             except TooManyStreams:
@@ -161,6 +180,7 @@ class Connection:
             del self.streams[name]
         job = Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown, binary=msg.binary)
         self.unanswered += cost(job)
+        self.owed.setdefault(name, deque()).append(job)
         hub.scheduler.submit(stream, job)
 
     @property
@@ -172,21 +192,45 @@ class Connection:
     def _done(self, stream: ServedStream, job: Job) -> None:
         self.unanswered -= cost(job)
         self.answered()
+        if stream.name not in self.owed:  # the connection closed while the job ran
+            return
+        self.ready[job] = self._answer(stream.name, job)
+        self._release(stream.name)
+
+    def _answer(self, name: str, job: Job) -> dict | bytes:
         if job.error:
-            self.refuse(stream.name, job.error, job.code)
-        elif job.binary:
+            return self._refusal(name, job.error, job.code)
+        if job.binary:
             outputs = job.outputs if job.outputs is not None else self.hub.engine.no_outputs(1)[0]
-            self.send(binary.reply(job.kind, stream.name, job.start, outputs, job.frame, job.waiting))
-        elif job.kind == "reset":
-            self.send(control_reply(stream.name, job.kind, job.start))
-        elif job.kind == "end":  # outputs: the last frame's, when steps waited for it (else none)
-            codec = self.hub.codec
+            return binary.reply(job.kind, name, job.start, outputs, job.frame, job.waiting)
+        if job.kind == "reset":
+            return control_reply(name, job.kind, job.start)
+        codec = self.hub.codec
+        if job.kind == "end":  # outputs: the last frame's, when steps waited for it (else none)
             presented = job.outputs if job.outputs is not None else codec.present(self.hub.engine.no_outputs(1))[0]
-            tail = codec.tail(job.frame, job.waiting, presented)
-            self.send(control_reply(stream.name, job.kind, job.start, tail))
+            return control_reply(name, job.kind, job.start, codec.tail(job.frame, job.waiting, presented))
+        return codec.reply(name, job.start, job.outputs, job.unknown, job.frame, job.waiting)
+
+    def _release(self, name: str) -> None:
+        """Send the stream's replies that are ready, in order, up to its first unanswered job."""
+        queue = self.owed.get(name)
+        while queue:
+            head = queue[0]
+            if isinstance(head, Job):
+                if head not in self.ready:
+                    return
+                head = self.ready.pop(head)
+            queue.popleft()
+            self.send(head)
+        self.owed.pop(name, None)
+
+    def reply(self, name: str | None, obj: dict | bytes) -> None:
+        """A reply that is not a job's (a refusal, a notice): after the stream's owed replies."""
+        queue = self.owed.get(name) if name is not None else None
+        if queue:
+            queue.append(obj)
         else:
-            reply = self.hub.codec.reply(stream.name, job.start, job.outputs, job.unknown, job.frame, job.waiting)
-            self.send(reply)
+            self.send(obj)
 
     def evict(self, stream: ServedStream, reason: str) -> None:
         self.hub.scheduler.close(stream)
@@ -195,16 +239,28 @@ class Connection:
         if len(self.evicted) > EVICTED_MEMORY:
             self.evicted.popitem(last=False)
         self.hub.telemetry.evictions.inc()
-        self.send({"stream": stream.name, "evicted": True, "reason": reason, "steps": stream.steps})
+        self.reply(stream.name, {"stream": stream.name, "evicted": True, "reason": reason, "steps": stream.steps})
 
     def shutdown(self, reason: str) -> None:
+        """The drain's last word: what is ready goes out in each stream's order (a job the drain
+        gave up on is not waited for), then each open stream's notice, then close code 1001."""
+        for queue in self.owed.values():
+            for item in queue:
+                if not isinstance(item, Job):
+                    self.send(item)
+                elif item in self.ready:
+                    self.send(self.ready.pop(item))
+        self.owed.clear()
         for stream in self.streams.values():
             self.send({"stream": stream.name, "closed": True, "reason": reason, "steps": stream.steps})
         self.write((1001, reason))
 
     def refuse(self, stream: str | None, error: str, code: int) -> None:
+        self.reply(stream, self._refusal(stream, error, code))
+
+    def _refusal(self, stream: str | None, error: str, code: int) -> dict:
         self.hub.telemetry.errors.labels(str(code)).inc()
-        self.send({"message": self.messages, "stream": stream, "error": error, "code": code})
+        return {"message": self.messages, "stream": stream, "error": error, "code": code}
 
     def send(self, obj: dict | bytes) -> None:
         if isinstance(obj, bytes):  # a binary reply, sent as it is

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.core.bundle import BundleError, read_graph, read_manifest
+from toolkit.core.bundle import BundleError, check_certified, read_graph, read_manifest
 from toolkit.core.data.batching import pad
 from toolkit.core.errors import RnnkitError, first_line
 from toolkit.core.search import Search
@@ -60,11 +60,8 @@ class Engine:
     ):
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path)
-        if not self.manifest["parity"]["passed"] and not allow_unverified:
-            raise BundleError(
-                f"{self.path}: this bundle failed its parity check (worst: {self.manifest['parity']['worst_case']}); "
-                "pass --allow-unverified to run it anyway"
-            )
+        if not allow_unverified:
+            check_certified(self.path, self.manifest, "pass --allow-unverified to run it anyway")
         self.precision = self.manifest["precision"]
         if self.precision == "fp16":
             device = self._fp16_device(device)

@@ -27,6 +27,7 @@ from toolkit.core.jsontext import JSONTextError, parse
 from toolkit.core.streaming import frame_stack
 
 FIELDS = {"stream", "tokens", "features", "reset", "end"}
+MAX_NAME = 256  # bytes of a stream name in UTF-8, in JSON and binary messages alike
 NUMBERS = frozenset((float, int))
 FEATURE_MESSAGE = {"stream", "features"}
 
@@ -38,6 +39,11 @@ def loads(text: str | bytes):
         return parse(text)
     except JSONTextError as e:
         raise MessageError(f"malformed JSON: {e}") from None
+
+
+def too_long(name: str) -> bool:
+    """Whether a stream name is over MAX_NAME bytes (a server keeps every open stream's name)."""
+    return len(name) > MAX_NAME or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME
 
 
 def unknown_stream(name: str, kind: str, where: str = "") -> str:
@@ -96,6 +102,8 @@ class Codec:
         stream = obj.get("stream")
         if not isinstance(stream, str) or not stream:
             raise MessageError('"stream" must be a non-empty string naming the stream')
+        if too_long(stream):  # refused without echoing the name
+            raise MessageError(f'"stream" is a name of {len(stream)} characters; at most {MAX_NAME} bytes in UTF-8')
         try:
             return self._message(stream, obj)
         except MessageError as e:
@@ -172,7 +180,7 @@ class Codec:
                 type(obj) is dict
                 and obj.keys() == FEATURE_MESSAGE
                 and type(obj["stream"]) is str
-                and obj["stream"]
+                and 0 < len(obj["stream"]) <= MAX_NAME // 4
                 and type(obj["features"]) is list
                 and 0 < len(obj["features"]) <= self.max_chunk
             ):
