@@ -7,8 +7,11 @@ Every hostile text frame must be answered with exactly one reply per message it 
 frame: one per element; anything else: one) within 10 s, and none with code 500; a frame over
 --max-message-bytes must close its connection with 1009 (then the client reconnects); HTTP
 bodies must get a JSON 4xx. Good streams must equal `model.onnx` on their whole sequences. The
-server must still be ready at the end, with no traceback in its log and RSS flat. Exit status 1
-if any of that fails.
+server must still be ready at the end, with no traceback in its log and RSS flat. Below the
+WebSocket library (`benchmarks.hostile`): handshakes with odd header bytes must get an HTTP
+status below 500, floods of empty or 2-byte fragments must be closed with 1009, binary messages
+whose headers lie must get one reply each, and POST bodies that trickle in (or never come) must be
+answered or closed within --request-timeout. Exit status 1 if any of that fails.
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from benchmarks import hostile as raw
 from benchmarks.serve import free_port, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDTH, MAX_CHUNK, MAX_BYTES = 4, 64, 65536
-SERVER_FLAGS = ["--max-chunk", str(MAX_CHUNK), "--max-message-bytes", str(MAX_BYTES), "--max-streams", "5000"]
+WIDTH, MAX_CHUNK, MAX_BYTES, REQUEST_TIMEOUT = 4, 64, 65536, 3.0
+SERVER_FLAGS = [
+    *("--max-chunk", str(MAX_CHUNK), "--max-message-bytes", str(MAX_BYTES), "--max-streams", "5000"),
+    *("--request-timeout", str(REQUEST_TIMEOUT)),
+]
 
 
 # ---- hostile frames ---------------------------------------------------------------------------------
@@ -240,6 +247,15 @@ def fuzz(bundle: Path, messages: int, seed: int, log_path: Path) -> dict:
                 "http",
                 "http_5xx",
                 "http_not_json",
+                "handshake_5xx_or_none",
+                "fragment_floods",
+                "fragment_flood_closed_1009",
+                "lying_headers",
+                "lying_header_replies",
+                "lying_header_lost",
+                "slow_bodies",
+                "slow_body_held_past_deadline",
+                "slow_body_max_held_s",
             ],
             0,
         )
@@ -265,6 +281,10 @@ def fuzz(bundle: Path, messages: int, seed: int, log_path: Path) -> dict:
                     for i, (name, x) in enumerate(goods.items())
                 ),
                 asyncio.to_thread(hostile_http, address, r, messages // 20, tally),
+                raw.handshakes(port, max(2, messages // 2000), tally),
+                raw.fragment_floods(port, max(4, messages // 1000), MAX_BYTES, random.Random(seed + 1), tally),
+                raw.lying_headers(port, messages // 10, WIDTH, random.Random(seed + 2), tally),
+                raw.slow_bodies(port, max(10, messages // 100), REQUEST_TIMEOUT, MAX_BYTES // 2, tally),
             )
             sampler.cancel()
 
@@ -309,6 +329,12 @@ def failures(result: dict) -> list[str]:
         "not ready after": result["ready_after"],
         "tracebacks in the server log": result["tracebacks_in_log"] == 0,
         "drained exit not 0": result["exit_code"] == 0,
+        "odd handshakes answered 5xx or not at all": result["handshake_5xx_or_none"] == 0,
+        "fragment floods not closed with 1009": result["fragment_flood_closed_1009"] == result["fragment_floods"],
+        "lying binary headers not answered": result["lying_header_lost"] == 0
+        and result["lying_header_replies"] == result["lying_headers"],
+        "slow bodies held past the request deadline": result["slow_body_held_past_deadline"] == 0,
+        "RSS grew by more than 64 MiB": result["rss_end_mib"] - result["rss_start_mib"] <= 64,
     }
     return [name for name, ok in checks.items() if not ok]
 
