@@ -73,22 +73,28 @@ def engine_options(fn):
 
 def search_options(fn):
     """--beam, --nbest, --length-penalty, --max-len-a, --max-len-b (seq2seq decoding), passed to
-    the command as one `search` (toolkit.core.search.Search)."""
+    the command as one `search` (toolkit.core.search.Search), each within its range (`RANGES`)."""
+    from toolkit.core.search import RANGES
+
+    def within(name: str):
+        low, high = RANGES[name]
+        return click.IntRange(low, high) if isinstance(low, int) else click.FloatRange(low, high)
+
     options = [
         click.option(
-            "--beam", type=click.IntRange(min=1), default=1, show_default=True, help="seq2seq: beam size (1: greedy)."
+            "--beam", type=within("beam"), default=1, show_default=True, help="seq2seq: beam size (1: greedy)."
         ),
-        click.option("--nbest", type=click.IntRange(min=1), default=1, help="seq2seq: hypotheses per input (<= beam)."),
+        click.option("--nbest", type=within("nbest"), default=1, help="seq2seq: hypotheses per input (<= beam)."),
         click.option(
             "--length-penalty",
-            type=click.FloatRange(min=0),
+            type=within("length_penalty"),
             default=1.0,
             help="seq2seq: GNMT length penalty alpha (0: the plain sum of log-probabilities).",
         ),
         click.option(
-            "--max-len-a", type=click.FloatRange(min=0), default=2.0, help="seq2seq: at most A x |source| + B tokens."
+            "--max-len-a", type=within("max_len_a"), default=2.0, help="seq2seq: at most A x |source| + B tokens."
         ),
-        click.option("--max-len-b", type=click.IntRange(min=0), default=10, help="seq2seq: see --max-len-a."),
+        click.option("--max-len-b", type=within("max_len_b"), default=10, help="seq2seq: see --max-len-a."),
     ]
 
     @functools.wraps(fn)

@@ -60,7 +60,7 @@ def test_a_wide_beam_finds_the_exhaustive_n_best(alpha):
         lp[:, 1] = -np.inf
         return lp, state
 
-    search = Search(beam=400, nbest=5, length_penalty=alpha, max_len_a=0, max_len_b=5)
+    search = Search(beam=64, nbest=5, length_penalty=alpha, max_len_a=0, max_len_b=4)  # 40 outputs
     got = decode(no_unk, select, np.array([3]), [1], search)[0]
     want = exhaustive(logprobs, 3, search)[:5]
     print([(h.tokens, round(h.score, 4)) for h in got])
@@ -152,10 +152,18 @@ def test_the_maximum_length_ends_every_hypothesis():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"beam": 0}, "beam must be >= 1"),
+        ({"beam": 0}, "beam must be a whole number between 1 and 64, got 0"),
+        ({"beam": 65, "nbest": 1}, "beam must be a whole number between 1 and 64"),
+        ({"beam": 2.0}, "beam must be a whole number"),
         ({"beam": 2, "nbest": 3}, "nbest must be between 1 and the beam"),
-        ({"length_penalty": -1}, "length_penalty"),
+        ({"length_penalty": -1}, "length_penalty must be a number between 0 and 10"),
+        ({"length_penalty": 1e30}, "length_penalty must be a number between 0 and 10"),  # overflowed the score
         ({"length_penalty": float("nan")}, "length_penalty"),
+        ({"length_penalty": float("inf")}, "length_penalty"),
+        ({"max_len_a": float("nan")}, "max_len_a must be a number between 0 and 10"),
+        ({"max_len_a": 1e300}, "max_len_a"),
+        ({"max_len_b": 10**9}, "max_len_b must be a whole number between 0 and 1024"),
+        ({"max_len_b": -1}, "max_len_b"),
         ({"max_len_a": 0, "max_len_b": 0}, "at least one token"),
     ],
 )

@@ -223,6 +223,25 @@ def test_serve_decodes_on_post_v1_infer(trained):
     print(f"POST /v1/infer beam 4: {reply['results'][0]}")
 
 
+def test_search_settings_out_of_their_range_are_refused_naming_it(trained, tmp_path):
+    """A length penalty of 1e30 overflowed the score: HTTP 500, and a traceback with exit 1 from
+    `rnnkit infer`. Every setting is bounded (`toolkit.core.search.RANGES`), NaN and inf too."""
+    body = {"sequences": [["a", "b", "c"]]}
+    with server(trained["bundle"]) as (proc, address):
+        for bad in ({"length_penalty": 1e30}, {"max_len_a": 1e300}, {"max_len_b": 10**9}, {"beam": 65}):
+            status, refused = http(address, "/v1/infer", {**body, **bad})
+            print(bad, status, refused)
+            [name] = bad
+            assert status == 400 and f"{name} must be a" in refused["error"] and "between" in refused["error"], refused
+        assert http(address, "/v1/infer", {**body, "length_penalty": 10})[0] == 200
+    out = tmp_path / "out.jsonl"
+    for flag, value in (("--length-penalty", "1e30"), ("--length-penalty", "nan"), ("--max-len-a", "inf")):
+        ran = helpers.in_process(["infer", trained["bundle"], "--input", trained["test"], "--output", out, flag, value])
+        print(flag, value, ran.returncode, ran.stderr.strip().splitlines()[-1])
+        assert ran.returncode == 2 and "Traceback" not in ran.stderr
+        assert "0.0<=x<=10.0" in ran.stderr or "between 0 and 10" in ran.stderr, ran.stderr
+
+
 def test_the_mlflow_pyfunc_model_decodes_with_params(trained, tmp_path, monkeypatch):
     from toolkit.tracking.pyfunc import log_bundle
 

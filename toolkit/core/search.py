@@ -23,6 +23,7 @@ Rules (fairseq's, so results can be compared with the literature):
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,30 @@ from toolkit.core.data.batching import pad
 from toolkit.core.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 NEVER = (PAD_ID, BOS_ID)
+MAX_BEAM = 64
+
+#: The range (inclusive) of each setting a user may give: their one home. `Search.check` enforces
+#: them (NaN and infinities are in no range) and the CLI options and the server's request model
+#: state them from here. Each bounds a cost or keeps a score finite: every hypothesis of the beam
+#: costs a decoder row per step; max_len_a and max_len_b bound the steps decoded; a length penalty
+#: of 10 already ranks by length alone, and beyond a few hundred `penalty` overflows a float.
+RANGES: dict[str, tuple[int | float, int | float]] = {
+    "beam": (1, MAX_BEAM),
+    "nbest": (1, MAX_BEAM),
+    "length_penalty": (0.0, 10.0),
+    "max_len_a": (0.0, 10.0),
+    "max_len_b": (0, 1024),
+}
+
+
+def out_of_range(name: str, value) -> str | None:
+    """Why `value` cannot be setting `name` (not a number of its kind, or outside `RANGES`), or None."""
+    low, high = RANGES[name]
+    kind = numbers.Integral if isinstance(low, int) else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:  # NaN: never within
+        what = "a whole number" if kind is numbers.Integral else "a number"
+        return f"{name} must be {what} between {low:g} and {high:g}, got {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -43,15 +68,13 @@ class Search:
     max_len_b: int = 10
 
     def check(self) -> Search:
-        """ValueError naming the first setting out of range."""
-        if self.beam < 1:
-            raise ValueError(f"beam must be >= 1, got {self.beam}")
-        if not 1 <= self.nbest <= self.beam:
+        """ValueError naming the first setting out of its range (`RANGES`)."""
+        for name in RANGES:
+            why = out_of_range(name, getattr(self, name))
+            if why:
+                raise ValueError(why)
+        if self.nbest > self.beam:
             raise ValueError(f"nbest must be between 1 and the beam ({self.beam}), got {self.nbest}")
-        if not np.isfinite(self.length_penalty) or self.length_penalty < 0:
-            raise ValueError(f"length_penalty must be a finite number >= 0, got {self.length_penalty}")
-        if not np.isfinite(self.max_len_a) or self.max_len_a < 0 or self.max_len_b < 0:
-            raise ValueError(f"max_len_a and max_len_b must be >= 0, got {self.max_len_a} and {self.max_len_b}")
         if self.max_len_a == 0 and self.max_len_b < 1:
             raise ValueError("max_len_a * |source| + max_len_b must allow at least one token (<eos>)")
         return self

@@ -8,10 +8,12 @@ code": nothing is pickled). `predict` runs full-sequence inference through toolk
 Runtime only, no torch) and returns, per input sequence, exactly what `rnnkit infer` writes
 (`toolkit.runtime.infer.result`).
 
-Input: a pandas DataFrame (or a list of records) with one column, `tokens` (each row a list of
-token strings) or `features` (each row a list of steps, each a list of `num_features` numbers),
-whichever the bundle takes. Output: a DataFrame, one row per sequence: classify `prediction`,
-`scores`; tag and lm `predictions` (one per step); regress `values`; seq2seq `prediction` (the
+Input: one column, `tokens` (each row a list of token strings) or `features` (each row a list of
+steps, each a list of `num_features` numbers), whichever the bundle takes: a pandas DataFrame, a
+list of records or a dict of columns ({"tokens": [["a", "b"], ["c"]]}; a dict whose `tokens` is
+one list of strings is one row), to `predict` or to `mlflow models serve` (`inputs`,
+`dataframe_records`, `dataframe_split`). Output: a DataFrame, one row per sequence: classify
+`prediction`, `scores`; tag and lm `predictions` (one per step); regress `values`; seq2seq `prediction` (the
 best output's tokens), `score` and `nbest` (each {prediction, score}), decoded as the params
 `beam`, `nbest`, `length_penalty`, `max_len_a`, `max_len_b` say (greedy by default).
 """
@@ -29,7 +31,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import Array, ColSpec, DataType, Object, ParamSchema, ParamSpec, Property, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Object, ParamSchema, ParamSpec, Property, Schema
 
 import toolkit
 from toolkit.core import tasks
@@ -73,9 +75,12 @@ def output_fields(manifest: dict) -> list[str]:
 
 def accepted(manifest: dict) -> str:
     if manifest["input"]["kind"] == "tokens":
-        return "a DataFrame with a column 'tokens', each row a list of token strings"
+        return "a DataFrame, records or a dict of columns with a column 'tokens', each row a list of token strings"
     width = manifest["input"]["num_features"]
-    return f"a DataFrame with a column 'features', each row a list of steps, each a list of {width} finite numbers"
+    return (
+        "a DataFrame, records or a dict of columns with a column 'features', each row a list of steps, "
+        f"each a list of {width} finite numbers"
+    )
 
 
 def _is_seq(value: Any) -> bool:
@@ -153,6 +158,13 @@ def sequences(engine, model_input: Any, vocab=None) -> list[np.ndarray]:
             row = vocab.encode(_token_strings(row, where, manifest))
         elif not _is_seq(row):
             raise ModelInputError(f"{where}: {_describe(row)}; accepted: {accepted(manifest)}")
+        elif len(row) > 0 and all(isinstance(step, int | float | np.number) for step in row):
+            # MLflow reads {"features": [[0.5, 1.5], ...]} as a column: one sequence given alone
+            # arrives split into one-step rows of bare numbers.
+            raise ModelInputError(
+                f"{where}: a list of {len(row)} numbers, not of steps; accepted: {accepted(manifest)} "
+                '(one sequence in a dict of columns is {"features": [[[0.5, 1.5], ...]]})'
+            )
         elif any(isinstance(step, np.ndarray) for step in row):  # MLflow's schema enforcement makes arrays
             row = [step.tolist() if isinstance(step, np.ndarray) else step for step in row]
         try:
@@ -170,7 +182,7 @@ def search(params: dict) -> Search:
         if name in params and params[name] is not None:
             try:
                 given[name] = kind(params[name])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # int(inf) overflows
                 raise ModelInputError(f"param {name}: {params[name]!r} is not a {kind.__name__}") from None
     try:
         return Search(**given).check()
@@ -216,13 +228,17 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 
 # ---- logging -------------------------------------------------------------------------------
 def signature(manifest: dict) -> ModelSignature:
-    """Input: one column, `tokens` Array(string) or `features` Array(Array(double)) (ragged
-    sequences; `spark_udf` takes this, unlike a (-1, -1, F) tensor). Output: the fields of
-    `toolkit.runtime.infer.result`. Param: batch_size."""
-    if manifest["input"]["kind"] == "tokens":
-        inputs = Schema([ColSpec(Array(DataType.string), "tokens")])
-    else:
-        inputs = Schema([ColSpec(Array(Array(DataType.double)), "features")])
+    """Input: one column, `tokens` or `features`, of type Any. Output: the fields of
+    `toolkit.runtime.infer.result`. Params: batch_size; for seq2seq the search settings.
+
+    Not Array(string) / Array(Array(double)): with an Array column MLflow 3 reads every dict as
+    ONE row (`mlflow.models.utils._enforce_schema`; `mlflow models serve` casts an `inputs` dict's
+    column as one Array value), so the dict of columns {"tokens": [["a", "b"], ["c"]]} fails
+    ("setting an array element with a sequence"). With Any, MLflow still requires the column and
+    reads a dict as columns (as one row when its value is a list of strings); `sequences` checks
+    each row's type and shape, naming the row. It also spares `spark_udf` MLflow's per-element
+    walk of every row."""
+    inputs = Schema([ColSpec(AnyType(), input_column(manifest))])
     values = Array(Array(DataType.double)) if manifest["output"]["per_step"] else Array(DataType.double)
     seq2seq = tasks.of(manifest["task"]).predicts == "sequences"
     tokens = Array(DataType.string)
