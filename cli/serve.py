@@ -29,6 +29,13 @@ def seconds_option(name: str, default: float, what: str):
     help="Longest a chunk waits for its batch to fill.",
 )
 @click.option("--max-streams", type=click.IntRange(min=1), default=10_000, show_default=True, help="Open streams held.")
+@click.option(
+    "--max-streams-per-connection",
+    type=click.IntRange(min=1),
+    default=1_000,
+    show_default=True,
+    help="Open streams one WebSocket may hold (one client cannot take every stream); beyond it, 429.",
+)
 @seconds_option("--idle-timeout", 300.0, "Seconds without a message after which a stream is closed.")
 @click.option(
     "--token",
@@ -57,7 +64,26 @@ def seconds_option(name: str, default: float, what: str):
 @click.option(
     "--max-connections", type=click.IntRange(min=1), help="Open connections held; beyond it, 503. Default: no cap."
 )
-@seconds_option("--request-timeout", 10.0, "Seconds a client has to send a request's headers (handshakes included).")
+@click.option(
+    "--max-infer-sequences",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Most sequences per POST /v1/infer (413 beyond).",
+)
+@click.option(
+    "--max-infer-steps",
+    type=click.IntRange(min=1),
+    default=262_144,
+    show_default=True,
+    help="Most steps per POST /v1/infer, its sequences together; a seq2seq source counts its length plus "
+    "beam x its longest output (413 beyond).",
+)
+@seconds_option(
+    "--request-timeout",
+    10.0,
+    "Seconds a client has to send a whole request, headers and body (408 for a late body; handshakes included).",
+)
 @seconds_option("--first-message-timeout", 60.0, "Seconds a new WebSocket has to send its first message.")
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @click.option(

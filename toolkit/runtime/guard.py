@@ -13,18 +13,23 @@ reaches the model, as one ASGI middleware, and a deadline for clients that never
 - Token (`--token`): `Authorization: Bearer TOKEN` on every request but the health probes;
   `?token=` only on the WebSocket URL (browsers cannot set headers there), never on HTTP paths,
   where it would end up in logs and browser history.
+- One of each: a request with more than one Host, Origin or Authorization header is refused
+  (400, a WebSocket handshake too, as websockets refuses two Origins): which one counts would
+  otherwise depend on the front end. A Host that is no `host[:port]` (a byte beyond ASCII, a
+  port that is no number) is no host this server answers to.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import WebSocket
 from fastapi.responses import JSONResponse
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 OPEN_PATHS = ("/health", "/health/live", "/health/ready")  # probes need no token
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -46,8 +51,15 @@ def default_hosts(bind: str) -> list[str]:
 
 
 def hostname(value: str) -> str:
-    """'example.com:8000' -> 'example.com'; '[::1]:8000' -> '::1'."""
-    return (urlsplit(f"//{value}").hostname or "").lower()
+    """'example.com:8000' -> 'example.com'; '[::1]:8000' -> '::1'; '' for what is no host[:port]."""
+    if not value.isascii():
+        return ""
+    try:
+        parts = urlsplit(f"//{value}")
+        parts.port  # noqa: B018 (raises ValueError for a port that is no number, or out of range)
+    except ValueError:
+        return ""
+    return (parts.hostname or "").lower()
 
 
 def headers_of(scope) -> dict[bytes, bytes]:
@@ -78,6 +90,10 @@ class Guard:
     def check(self, scope) -> tuple[int, str] | None:
         """(HTTP status, why) when the request is refused, else None; sets scope[AUTHENTICATED].
         Also used by the WebSocket front end that bypasses ASGI (`toolkit.runtime.fastws`)."""
+        names = [key.lower() for key, _ in scope.get("headers", [])]
+        for name in (b"host", b"origin", b"authorization"):
+            if names.count(name) > 1:
+                return 400, f"more than one {name.decode().title()} header"
         headers = headers_of(scope)
         host = headers.get(b"host", b"").decode("latin-1")
         refusal = self._refusal(scope, headers, host)
@@ -130,17 +146,28 @@ async def deny(ws: WebSocket, status: int, reason: str) -> None:
         await ws.close(1013 if status in (429, 503) else 1008, reason)
 
 
+#: scope key: the request's body missed its deadline and `with_request_deadline` answered 408
+TIMED_OUT = "rnnkit.timed_out"
+
+
 def with_request_deadline(
     seconds: float, take_upgrade: Callable[[HttpToolsProtocol], bool] | None = None
 ) -> type[HttpToolsProtocol]:
-    """uvicorn's HTTP protocol, with `seconds` for a client to send a request's headers from the
-    moment it connects or starts a request; uvicorn itself waits forever, so connections that
-    trickle bytes (or send none) would hold a file descriptor each until the process ends.
+    """uvicorn's HTTP protocol, with `seconds` for a client to send a whole request, headers and
+    body, from the moment it connects or starts a request (its first byte after the first);
+    uvicorn itself waits forever, so connections that trickle bytes (or send none) would hold a
+    file descriptor each until the process ends. Late headers: the connection is closed (there is
+    no request to answer yet). A late body: 408 (unless the app has begun its response), then
+    close; the app sees the client go away, with scope[TIMED_OUT] set. The time an app takes to
+    answer does not count. A WebSocket handshake has no body: its deadline ends with its headers.
     `take_upgrade(protocol)` may take a WebSocket upgrade request over (True) rather than let
     uvicorn's WebSocket protocol and the ASGI app handle it (`toolkit.runtime.fastws`)."""
+    late = {"error": f"the request was not received in full within {seconds:g} s (--request-timeout)"}
+    late_body = json.dumps(late).encode()
 
     class RequestDeadline(HttpToolsProtocol):
         _deadline = None
+        _in_body = False  # headers complete, body still coming
 
         def handle_websocket_upgrade(self) -> None:
             if take_upgrade is None or not take_upgrade(self):
@@ -155,8 +182,15 @@ def with_request_deadline(
             self._arm()
 
         def on_headers_complete(self) -> None:
-            self._disarm()
             super().on_headers_complete()
+            if self.parser.should_upgrade() and self._should_upgrade():  # a handshake: no body
+                self._disarm()
+            else:
+                self._in_body = True
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
 
         def connection_lost(self, exc) -> None:
             self._disarm()
@@ -167,13 +201,31 @@ def with_request_deadline(
                 self._deadline = self.loop.call_later(seconds, self._expire)
 
         def _disarm(self) -> None:
+            self._in_body = False
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
         def _expire(self) -> None:
             self._deadline = None
-            if not self.transport.is_closing():
-                self.transport.close()
+            if self.transport.is_closing():
+                return
+            if self.pipeline:  # uvicorn stopped reading a pipelined request until it answers the one before
+                self._arm()
+                return
+            cycle = self.cycle
+            if self._in_body and cycle is not None and not cycle.response_started:
+                cycle.scope[TIMED_OUT] = True
+                cycle.disconnected = True  # the app's own response is not sent; its receive() says so
+                cycle.message_event.set()
+                self.transport.write(self._response(408, late_body))
+            self.transport.close()
+
+        def _response(self, status: int, body: bytes) -> bytes:
+            head = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                head += [name, b": ", value, b"\r\n"]
+            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body)]
+            return b"".join([*head, b"connection: close\r\n\r\n", body])
 
     return RequestDeadline
