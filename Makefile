@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint image-test triton-test spark-test ddp-test cpu-test venv clean
+.PHONY: demo test lint image-test triton-test spark-test ddp-test cpu-test mlflow-test venv clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,11 @@ HASWELL := Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-rtm,-invpcid
 cpu-test: $(STAMP)
 	command -v qemu-x86_64 >/dev/null || (apt-get update -qq && apt-get install -y -qq qemu-user)
 	RNNKIT_EMULATED_CPU=$(HASWELL) qemu-x86_64 -cpu $(HASWELL) $(PY) -m pytest -q -p no:cacheprovider -m cpu_features
+
+# MLflow tracking, logged models and the Model Registry through real stores, tracking servers and
+# `rnnkit` processes (about 3.5 minutes; out of `make test` to keep it within 10 minutes on 2 cores).
+mlflow-test: $(STAMP)
+	$(PY) -m pytest -q -m mlflow tests/test_mlflow_tracking.py tests/test_mlflow_registry.py
 
 # Data-parallel training in real torchrun process groups (2 processes each; about 2 minutes).
 ddp-test: $(STAMP)

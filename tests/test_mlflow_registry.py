@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import TINY, heavy_modules_after, rnnkit, toy_data
 
+pytestmark = pytest.mark.mlflow  # real stores, servers and CLI processes: `make mlflow-test`
+
 MESSAGE = json.dumps({"stream": "s", "tokens": ["a", "b", "c", "a"]}) + "\n"
 
 

@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers import TINY, free_port, rnnkit, start, toy_data
 
+pytestmark = pytest.mark.mlflow  # real stores, servers and CLI processes: `make mlflow-test`
+
 
 def train(tmp_path: Path, uri: str, *extra) -> subprocess.CompletedProcess:
     data = toy_data(tmp_path, "classify")["data"]
