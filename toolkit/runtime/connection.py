@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import orjson
@@ -51,7 +51,7 @@ class Connection:
         # Replies owed per stream name, in its messages' order: a Job not answered yet, or a reply
         # ready to go (a refusal, a notice) that waits for the replies before it. Keyed by name so
         # that a stream reopened after its end answers after that end.
-        self.owed: dict[str, deque] = {}
+        self.owed: dict[str, list] = {}
         self.ready: dict[Job, dict | bytes] = {}  # replies of answered jobs still behind others
         self.evicted: OrderedDict[str, int] = OrderedDict()  # name -> steps it had
         self.messages = 0
@@ -180,7 +180,10 @@ class Connection:
             del self.streams[name]
         job = Job(msg.kind, self._done, chunk=msg.chunk, unknown=msg.unknown, binary=msg.binary)
         self.unanswered += cost(job)
-        self.owed.setdefault(name, deque()).append(job)
+        queue = self.owed.get(name)
+        if queue is None:
+            queue = self.owed[name] = []
+        queue.append(job)
         hub.scheduler.submit(stream, job)
 
     @property
@@ -192,9 +195,14 @@ class Connection:
     def _done(self, stream: ServedStream, job: Job) -> None:
         self.unanswered -= cost(job)
         self.answered()
-        if stream.name not in self.owed:  # the connection closed while the job ran
+        queue = self.owed.get(stream.name)
+        if queue is None:  # the connection closed while the job ran
             return
-        self.ready[job] = self._answer(stream.name, job)
+        if queue[0] is job:  # the common case: nothing owed before it
+            del queue[0]
+            self.send(self._answer(stream.name, job))
+        else:
+            self.ready[job] = self._answer(stream.name, job)
         self._release(stream.name)
 
     def _answer(self, name: str, job: Job) -> dict | bytes:
@@ -220,7 +228,7 @@ class Connection:
                 if head not in self.ready:
                     return
                 head = self.ready.pop(head)
-            queue.popleft()
+            del queue[0]
             self.send(head)
         self.owed.pop(name, None)
 
