@@ -43,7 +43,7 @@ spark-test: $(STAMP)
 	$(PY) -m pytest -q -m spark tests/test_spark.py
 
 # The tests whose expectations depend on the CPU's features (marker cpu_features: bf16, VNNI,
-# AVX-512) again under an emulated AVX2-only CPU (qemu-user; about 5 minutes). The features
+# AVX-512) again under an emulated AVX2-only CPU (qemu-user; about 2 minutes). The features
 # TCG cannot emulate are turned off so that it starts without warnings.
 HASWELL := Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-rtm,-invpcid
 cpu-test: $(STAMP)
